@@ -1,0 +1,1 @@
+"""The embedded authorization server (SPEC §3): protocol modules plus the thin blueprint."""

@@ -1,0 +1,1 @@
+"""Helpers for apps' own tests: ``issue_token`` and a minimal mock upstream IdP (issue 4)."""
