@@ -189,6 +189,18 @@ class Settings:
     def provider_names(self) -> tuple[str, ...]:
         return tuple(u.name for u in self.upstreams)
 
+    @property
+    def resource_metadata_path(self) -> str:
+        """RFC 9728 §3.1 path-suffixed metadata path for ``resource`` (served by this app)."""
+        path = urlsplit(self.resource).path.rstrip("/")
+        return "/.well-known/oauth-protected-resource" + path
+
+    @property
+    def resource_metadata_url(self) -> str:
+        """The absolute URL put in ``resource_metadata`` of every 401 challenge (SPEC §5.4)."""
+        parts = urlsplit(self.resource)
+        return f"{parts.scheme}://{parts.netloc}{self.resource_metadata_path}"
+
     def upstream(self, name: str) -> UpstreamConfig:
         for up in self.upstreams:
             if up.name == name:

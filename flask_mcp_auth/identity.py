@@ -36,8 +36,8 @@ class Identity:
     session_id: str | None = field(default=None, repr=False)
     name: str | None = None
     email: str | None = None
-    upstream_tokens: Mapping[str, str] = field(default=_EMPTY, repr=False)
-    upstream_id_tokens: Mapping[str, str] = field(default=_EMPTY, repr=False)
+    upstream_tokens: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
+    upstream_id_tokens: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
     missing_providers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
