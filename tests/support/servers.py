@@ -7,14 +7,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: test servers' URLs carry codes and states, which must not reach captured logs."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
 
 
 class ServerThread:
     """A threaded werkzeug server on 127.0.0.1 (port 0 = a free one), stopped with ``stop()``."""
 
     def __init__(self, app: Any, port: int = 0) -> None:
-        self.server = make_server("127.0.0.1", port, app, threaded=True)
+        self.server = make_server("127.0.0.1", port, app, threaded=True, request_handler=_QuietHandler)
         self.port = int(self.server.server_port)
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
