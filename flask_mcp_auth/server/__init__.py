@@ -1,1 +1,19 @@
 """The embedded authorization server (SPEC §3): protocol modules plus the thin blueprint."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+__all__ = ["digest", "random_token"]
+
+
+def digest(value: str) -> str:
+    """SHA-256, base64url: how codes, refresh tokens and client secrets are stored and looked up."""
+    return base64.urlsafe_b64encode(hashlib.sha256(value.encode()).digest()).rstrip(b"=").decode()
+
+
+def random_token(nbytes: int = 32) -> str:
+    """A CSPRNG token (≥ 128 bits; default 256) for codes, states, nonces, verifiers, ids."""
+    return secrets.token_urlsafe(nbytes)
