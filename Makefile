@@ -16,12 +16,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: venv
 	bash scripts/ensure-redis.sh
-	$(BIN)/ruff check flask_mcp_auth tests example_app bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy flask_mcp_auth
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check flask_mcp_auth tests example_app bench
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy flask_mcp_auth
