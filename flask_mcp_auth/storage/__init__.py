@@ -20,8 +20,9 @@ Model
       {prefix}session:{sid}                session metadata JSON (owner, complete)
       {prefix}revoked:{sid}                revocation marker
       {prefix}lock:{name}                  short mutual-exclusion locks
+      {prefix}counter:{kind}:{key}         fixed-window counters (:meth:`Storage.incr`)
       {prefix}clients:unused               sorted set of never-used dynamic clients (score = created)
-      {prefix}clients:all                  sorted set of every stored client (score = created)
+      {prefix}clients:all                  sorted set of every stored client (score = expiry, ms)
 """
 
 from __future__ import annotations
@@ -205,6 +206,6 @@ def storage_from_url(url: str | Storage, prefix: str, *, timeout: float = 3.0) -
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisStorage
 
-        store: Storage = RedisStorage.from_url(url, prefix=prefix, timeout=timeout)  # type: ignore[assignment]
+        store: Storage = RedisStorage.from_url(url, prefix=prefix, timeout=timeout)
         return store
     raise ValueError(f"unsupported storage URL scheme in {url.split('://')[0]!r}")

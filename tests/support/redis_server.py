@@ -35,9 +35,14 @@ class RedisServer:
             return
         for _ in range(100):
             try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
+                # Reap our own child: an exited but unreaped redis-server still answers kill(pid, 0).
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    break
             time.sleep(0.02)
         else:
             os.kill(self.pid, signal.SIGKILL)
