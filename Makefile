@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/chain.py
 	$(BIN)/python bench/outgoing.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -4,10 +4,15 @@
 env, env over inline), runs every validation rule of SPEC §2.1 and either returns ``(Settings,
 warnings)`` or raises one :class:`~flask_mcp_auth.errors.ConfigError` listing every problem found.
 Request-time code reads :class:`Settings`, never ``app.config``.
+
+Every problem is a ``(rule_id, config_key, message)`` tuple. A message names the bad value and the fix,
+but never a secret: client secrets, header values, encryption and signing key material are not echoed,
+and URLs are shown with their password and query values masked.
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import os
@@ -15,8 +20,8 @@ import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError, Problem
 
@@ -32,17 +37,21 @@ __all__ = [
 ]
 
 PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+#: RFC 9110 §5.6.2 ``token``: the characters a header field name may use.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 #: Authorize parameters an upstream entry may not override (they are ours to set per leg).
 RESERVED_AUTHORIZE_PARAMS = frozenset(
     {
         "response_type",
         "client_id",
+        "client_secret",
         "redirect_uri",
         "state",
         "nonce",
         "code_challenge",
         "code_challenge_method",
+        "code_verifier",
         "scope",
         "request",
         "request_uri",
@@ -61,7 +70,8 @@ TTL_BOUNDS: Mapping[str, tuple[int, int]] = {
     "MCP_AUTH_PENDING_TTL": (60, 1800),
 }
 
-#: Every key with its default. ``None`` means "computed" (see ``docs/configuration.md``).
+#: Every key with its default. ``None`` means "computed" (see ``docs/configuration.md``);
+#: :func:`apply_defaults` fills the computed ones it can derive so ``app.config`` shows them.
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "MCP_AUTH_ISSUER": None,
@@ -95,6 +105,50 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
     }
 )
 
+_SECRET_KEYS = ("client_secret", "client_secret_env", "client_secret_file")
+_UPSTREAM_KEYS = frozenset(
+    {
+        "name",
+        "type",
+        "client_id",
+        *_SECRET_KEYS,
+        "scopes",
+        "authorize_params",
+        "token_endpoint_auth_method",
+        "issuer",
+        "subject_claim",
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "userinfo_fields",
+        "jwks_uri",
+    }
+)
+_BACKEND_KEYS: Mapping[str, frozenset[str]] = {
+    "upstream_inject": frozenset({"provider"}),
+    "token_exchange": frozenset(
+        {
+            "token_url",
+            "client_id",
+            *_SECRET_KEYS,
+            "audience",
+            "resource",
+            "scopes",
+            "subject_provider",
+            "subject_token_type",
+            "requested_token_type",
+        }
+    ),
+    "header_injection": frozenset({"header", "value", "value_env"}),
+    "unauthenticated": frozenset(),
+}
+_CLIENT_KEYS = frozenset(
+    {"client_id", "redirect_uris", *_SECRET_KEYS, "scopes", "first_party", "client_name"}
+)
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+#: Redirect URI schemes that can run code or read local files in a browser: never a redirect target.
+_BAD_REDIRECT_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob"})
+
 
 @dataclass(frozen=True)
 class UpstreamConfig:
@@ -106,6 +160,7 @@ class UpstreamConfig:
     client_secret: str | None = field(default=None, repr=False)
     scopes: tuple[str, ...] = ()
     authorize_params: Mapping[str, str] = field(default_factory=dict)
+    #: ``none`` when no secret is configured and no method was given (a public client with PKCE)
     token_endpoint_auth_method: str = "client_secret_basic"
     # OIDC
     issuer: str | None = None
@@ -164,7 +219,7 @@ class Settings:
     backends: Mapping[str, BackendConfig]
     protected_paths: tuple[str, ...]
     scopes_supported: tuple[str, ...]
-    signing_keys: tuple[str, ...] = field(repr=False)  # PEM texts; empty = generate one
+    signing_keys: tuple[str, ...] = field(repr=False)  # PEM texts (validated); empty = generate one
     encryption_keys: tuple[bytes, ...] = field(repr=False)  # 32-byte AES keys, first encrypts
     storage: Any  # URL string or a Storage instance
     storage_prefix: str
@@ -201,6 +256,11 @@ class Settings:
         parts = urlsplit(self.resource)
         return f"{parts.scheme}://{parts.netloc}{self.resource_metadata_path}"
 
+    @property
+    def token_exchange_backends(self) -> tuple[BackendConfig, ...]:
+        """Backends with ``strategy: token_exchange``, in configuration order."""
+        return tuple(b for b in self.backends.values() if b.strategy == "token_exchange")
+
     def upstream(self, name: str) -> UpstreamConfig:
         for up in self.upstreams:
             if up.name == name:
@@ -208,12 +268,34 @@ class Settings:
         raise KeyError(name)
 
 
+def _default_storage_prefix(issuer: Any) -> str:
+    try:
+        host = urlsplit(str(issuer or "")).hostname
+    except ValueError:
+        host = None
+    # Braces make the issuer host a Redis Cluster hash tag: all of one app's keys share a slot.
+    return f"mcp-auth:{{{host or 'default'}}}:"
+
+
 def apply_defaults(config: MutableMapping[str, Any]) -> None:
-    """``setdefault`` every key so the effective configuration is visible in ``app.config``."""
+    """``setdefault`` every key so the effective configuration is visible in ``app.config``.
+
+    Computed defaults that follow from other keys (audience, allowed audiences, storage prefix) are
+    filled too when those keys are set; the rest stay ``None`` ("computed at startup").
+    """
     for key, value in DEFAULTS.items():
         if isinstance(value, (list, dict)):
             value = type(value)(value)
         config.setdefault(key, value)
+    resource = config.get("MCP_AUTH_RESOURCE")
+    if isinstance(resource, str) and resource:
+        if config.get("MCP_AUTH_AUDIENCE") is None:
+            config["MCP_AUTH_AUDIENCE"] = resource
+        if config.get("MCP_AUTH_ALLOWED_AUDIENCES") is None:
+            config["MCP_AUTH_ALLOWED_AUDIENCES"] = [resource]
+    issuer = config.get("MCP_AUTH_ISSUER")
+    if isinstance(issuer, str) and issuer and config.get("MCP_AUTH_STORAGE_PREFIX") is None:
+        config["MCP_AUTH_STORAGE_PREFIX"] = _default_storage_prefix(issuer)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -229,7 +311,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# parsing
+# helpers
 
 
 class _Collector:
@@ -244,48 +326,120 @@ class _Collector:
         self.warnings.append((rule, key, message))
 
 
+def _safe_url(url: Any) -> str:
+    """``url`` for a message: password and query values masked (they may be credentials)."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    if parts.query and not query:
+        query = "***"
+    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
+    if query or text.endswith("?"):
+        out += "?" + query
+    if parts.fragment or "#" in text:
+        out += "#" + ("***" if parts.fragment else "")
+    return out
+
+
+def _show(value: Any) -> str:
+    """A short, non-secret rendering of a (non-secret) config value for a message."""
+    if isinstance(value, str) and ("://" in value or "@" in value):
+        value = _safe_url(value)
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _closest(name: str, names: Sequence[str], cutoff: float = 0.0) -> str:
+    match = difflib.get_close_matches(name, list(names), n=1, cutoff=cutoff)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _str_tuple(value: Any, key: str | None = None, out: _Collector | None = None,
+               rule: str = "V-05") -> tuple[str, ...]:
+    """A list of strings, or a space-separated string (OAuth ``scope`` style)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if out is not None and key is not None:
+        out.error(rule, key, f"{_show(value)} must be a list of strings (or one space-separated "
+                  "string)")
+    return ()
+
+
+def _warn_unknown_keys(entry: Mapping[str, Any], known: frozenset[str], rule: str, where: str,
+                       out: _Collector, context: str) -> None:
+    # Typos (``subject_provder``) would otherwise be ignored silently and change behaviour.
+    for name in sorted(str(k) for k in entry if k not in known):
+        out.warn(rule, where, f"unknown key {name!r} is ignored {context}"
+                 f"{_closest(name, sorted(known), cutoff=0.6)}")
+
+
 def _resolve_secret(entry: Mapping[str, Any], key: str, out: _Collector, rule: str) -> str | None:
     """File wins over env, env over inline. A named env var that is unset is an error."""
     path = entry.get("client_secret_file")
     env = entry.get("client_secret_env")
     if path:
         try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().strip()
-        except OSError as exc:
-            out.error(rule, key, f"client_secret_file {path!r} is unreadable ({exc.strerror}); "
+            with open(os.path.expanduser(str(path)), encoding="utf-8") as fh:
+                value = fh.read().strip()
+        except (OSError, TypeError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or "cannot be read"
+            out.error(rule, key, f"client_secret_file {_show(path)} is unreadable ({reason}); "
                       "fix the path or its permissions")
             return None
-    if env:
-        value = os.environ.get(str(env))
-        if value is None:
-            out.error(rule, key, f"client_secret_env names {env!r}, which is not set; "
-                      "export it or give client_secret_file")
+        if not value:
+            out.error(rule, key, f"client_secret_file {_show(path)} is empty; write the secret "
+                      "into it")
             return None
         return value
+    if env:
+        env_value = os.environ.get(str(env))
+        if env_value is None:
+            out.error(rule, key, f"client_secret_env names {_show(env)}, which is not set; "
+                      "export it or give client_secret_file")
+            return None
+        if not env_value.strip():
+            out.error(rule, key, f"client_secret_env names {_show(env)}, which is empty; "
+                      "export the secret in it")
+            return None
+        return env_value.strip()
     secret = entry.get("client_secret")
-    return str(secret) if secret else None
-
-
-def _str_tuple(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(value.split())
-    return tuple(str(v) for v in value)
+    if secret is None or secret == "":
+        return None
+    if not isinstance(secret, str):
+        out.error(rule, key, "client_secret must be a string (value not shown)")
+        return None
+    return secret
 
 
 def _url_problem(url: Any, *, allow_http_loopback: bool = True) -> str | None:
-    """Why ``url`` is not a canonical absolute URL, or ``None``."""
+    """Why ``url`` is not an absolute https URL fit for configuration, or ``None``."""
     if not isinstance(url, str) or not url:
         return "must be a non-empty URL string"
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
+    if url != url.strip() or any(ch.isspace() for ch in url):
+        return "must not contain whitespace"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "is not a valid URL (bad host or port)"
+    if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
         return "must be an absolute http(s) URL"
-    if parts.scheme == "http" and not (allow_http_loopback and is_loopback_host(parts.hostname)):
+    if parts.scheme.lower() == "http" and not (allow_http_loopback and is_loopback_host(parts.hostname)):
         return "must use https (http is allowed only for loopback hosts)"
-    if parts.username or parts.password:
-        return "must not contain userinfo"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain userinfo (user:password@)"
     if parts.query or url.endswith("?"):
         return "must not contain a query"
     if parts.fragment or "#" in url:
@@ -297,24 +451,86 @@ def _canonical_issuer_problem(url: Any) -> str | None:
     problem = _url_problem(url)
     if problem:
         return problem
-    if str(url).endswith("/"):
+    text = str(url)
+    parts = urlsplit(text)
+    if text.endswith("/"):
         return "must not end with a slash"
+    scheme_host = text.split("://", 1)[0] + "://" + (parts.netloc.rsplit("@", 1)[-1])
+    if scheme_host != scheme_host.lower():
+        return "must have a lowercase scheme and host"
+    if (parts.scheme, parts.port) in (("https", 443), ("http", 80)):
+        return "must not spell out the default port"
     return None
 
 
-def _parse_int(config: Mapping[str, Any], key: str, out: _Collector) -> int:
-    raw = config.get(key, DEFAULTS[key])
+def _canonical_suggestion(url: str) -> str:
+    """Best guess at the canonical form of a rejected issuer, for the fix hint."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return "https://mcp.example.com"
+    host = (parts.hostname or "mcp.example.com").lower()
+    scheme = "http" if parts.scheme.lower() == "http" and is_loopback_host(host) else "https"
+    if ":" in host:
+        host = f"[{host}]"
+    if port and (scheme, port) not in (("https", 443), ("http", 80)):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def _parse_ttl(config: Mapping[str, Any], key: str, out: _Collector) -> int:
+    raw = config.get(key)
+    if raw is None:
+        raw = DEFAULTS[key]
     low, high = TTL_BOUNDS[key]
     try:
+        if isinstance(raw, bool):
+            raise ValueError
         value = int(raw)
-        if isinstance(raw, bool) or (value != raw and not isinstance(raw, str)):
+        if not isinstance(raw, str) and value != raw:
             raise ValueError
     except (TypeError, ValueError):
-        out.error("V-05", key, f"{raw!r} is not a whole number of seconds; use {low}..{high}")
+        out.error("V-05", key, f"{_show(raw)} is not a whole number of seconds; use {low}..{high}")
         return int(DEFAULTS[key])
     if not low <= value <= high:
         out.error("V-05", key, f"{value} is out of bounds; use {low}..{high} seconds")
     return value
+
+
+def _parse_positive_int(config: Mapping[str, Any], key: str, out: _Collector) -> int:
+    raw = config.get(key)
+    if raw is None:
+        raw = DEFAULTS[key]
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        out.error("V-05", key, f"{_show(raw)} must be a positive whole number (default "
+                  f"{DEFAULTS[key]})")
+        return int(DEFAULTS[key])
+    return raw
+
+
+def _parse_bool(config: Mapping[str, Any], key: str, out: _Collector) -> bool:
+    raw = config.get(key)
+    if raw is None:
+        return bool(DEFAULTS[key])
+    if not isinstance(raw, bool):
+        # bool("false") is True: refuse strings so an env-sourced "false" cannot enable a feature.
+        out.error("V-05", key, f"{_show(raw)} must be True or False")
+        return bool(DEFAULTS[key])
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _declared_upstream_names(raw: Any) -> list[str]:
+    """Names the upstream list declares, even for entries with other errors (so V-02 can match)."""
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        return []
+    if len(raw) == 1 and isinstance(raw[0], Mapping) and raw[0].get("name") is None:
+        return ["default"]
+    return [e["name"] for e in raw if isinstance(e, Mapping) and isinstance(e.get("name"), str)]
 
 
 def _parse_upstreams(raw: Any, out: _Collector) -> list[UpstreamConfig]:
@@ -322,7 +538,7 @@ def _parse_upstreams(raw: Any, out: _Collector) -> list[UpstreamConfig]:
     if raw is None:
         return []
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-        out.error("V-05", key, "must be a list of upstream dicts")
+        out.error("V-05", key, f"must be a list of upstream dicts, got {type(raw).__name__}")
         return []
     result: list[UpstreamConfig] = []
     seen: set[str] = set()
@@ -330,18 +546,18 @@ def _parse_upstreams(raw: Any, out: _Collector) -> list[UpstreamConfig]:
     for index, entry in enumerate(raw):
         where = f"{key}[{index}]"
         if not isinstance(entry, Mapping):
-            out.error("V-05", where, "must be a dict")
+            out.error("V-05", where, f"must be a dict, got {type(entry).__name__}")
             continue
         name = entry.get("name")
         if name is None:
             if several:
                 out.error("V-05", where, "is unnamed; with several upstreams every entry needs a "
-                          "'name'")
+                          "'name' (lowercase letters, digits, inner hyphens)")
                 continue
             name = "default"
         elif not isinstance(name, str) or not PROVIDER_NAME_RE.match(name):
-            out.error("V-05", where, f"name {name!r} is invalid; use lowercase letters, digits and "
-                      "inner hyphens")
+            out.error("V-05", where, f"name {_show(name)} is invalid; use lowercase letters, digits "
+                      "and inner hyphens, e.g. 'corp' or 'github-enterprise'")
             continue
         elif name == "default" and several:
             out.error("V-05", where, "name 'default' is reserved for a single unnamed upstream; "
@@ -352,229 +568,402 @@ def _parse_upstreams(raw: Any, out: _Collector) -> list[UpstreamConfig]:
             continue
         seen.add(name)
         where = f"{key}[{name}]"
+        _warn_unknown_keys(entry, _UPSTREAM_KEYS, "V-05", where, out, "in an upstream entry")
         utype = entry.get("type")
         if utype not in ("oidc", "oauth2"):
-            out.error("V-05", where, f"unknown type {utype!r}; use 'oidc' or 'oauth2'")
+            what = "type is missing" if utype is None else f"unknown type {_show(utype)}"
+            out.error("V-05", where, f"{what}; use 'oidc' (with discovery) or 'oauth2' (explicit "
+                      "endpoints)")
             continue
         client_id = entry.get("client_id")
         if not client_id or not isinstance(client_id, str):
-            out.error("V-05", where, "client_id is missing")
-        auth_method = entry.get("token_endpoint_auth_method", "client_secret_basic")
-        if auth_method not in ("client_secret_basic", "client_secret_post", "none"):
-            out.error("V-05", where, f"token_endpoint_auth_method {auth_method!r} is unsupported; "
-                      "use client_secret_basic, client_secret_post or none")
+            out.error("V-05", where, "client_id is missing; set the client id registered at "
+                      "the provider")
         secret = _resolve_secret(entry, where, out, "V-05")
+        has_secret_source = any(entry.get(k) for k in _SECRET_KEYS)
+        auth_method = entry.get("token_endpoint_auth_method")
+        if auth_method is None:
+            # No secret and no method: a public client with PKCE (SPEC §4.1), not Basic with "".
+            auth_method = "client_secret_basic" if has_secret_source else "none"
+        elif auth_method not in _AUTH_METHODS:
+            out.error("V-05", where, f"token_endpoint_auth_method {_show(auth_method)} is "
+                      f"unsupported; use {', '.join(_AUTH_METHODS)}")
+        elif auth_method != "none" and not has_secret_source:
+            out.error("V-05", where, f"token_endpoint_auth_method {auth_method!r} needs a secret; "
+                      "give client_secret_file/client_secret_env/client_secret, or use 'none' "
+                      "for a public client")
         params = entry.get("authorize_params") or {}
         if not isinstance(params, Mapping):
-            out.error("V-05", where, "authorize_params must be a dict")
+            out.error("V-05", where, f"authorize_params {_show(params)} must be a dict")
             params = {}
-        reserved = sorted(set(params) & RESERVED_AUTHORIZE_PARAMS)
+        reserved = sorted(str(p) for p in set(params) & RESERVED_AUTHORIZE_PARAMS)
         if reserved:
             out.error("V-05", where, f"authorize_params sets reserved parameter(s) {reserved}; "
-                      "remove them (scopes go in 'scopes')")
+                      "remove them (they are set per leg; scopes go in 'scopes')")
         fields: dict[str, tuple[str, ...]] = {}
-        for fname, names in dict(entry.get("userinfo_fields") or {}).items():
+        raw_fields = entry.get("userinfo_fields") or {}
+        if not isinstance(raw_fields, Mapping):
+            out.error("V-05", where, f"userinfo_fields {_show(raw_fields)} must be a dict like "
+                      "{'subject': ['id'], 'name': ['name', 'login'], 'email': ['email']}")
+            raw_fields = {}
+        for fname, names in raw_fields.items():
             if fname not in ("subject", "name", "email"):
-                out.error("V-05", where, f"userinfo_fields has unknown field {fname!r}; use "
+                out.error("V-05", where, f"userinfo_fields has unknown field {_show(fname)}; use "
                           "subject, name or email")
                 continue
-            fields[fname] = _str_tuple([names] if isinstance(names, str) else names)
+            fields[fname] = _str_tuple(names, f"{where}.userinfo_fields.{fname}", out)
+        subject_claim = entry.get("subject_claim", "sub")
+        if not isinstance(subject_claim, str) or not subject_claim:
+            out.error("V-05", where, f"subject_claim {_show(subject_claim)} must be a claim name")
+            subject_claim = "sub"
         common: dict[str, Any] = dict(
             name=name,
             type=utype,
             client_id=str(client_id or ""),
             client_secret=secret,
-            scopes=_str_tuple(entry.get("scopes")),
-            authorize_params={str(k): str(v) for k, v in params.items()},
+            scopes=_str_tuple(entry.get("scopes"), f"{where}.scopes", out),
+            authorize_params=MappingProxyType({str(k): str(v) for k, v in params.items()}),
             token_endpoint_auth_method=str(auth_method),
-            userinfo_fields=fields,
+            userinfo_fields=MappingProxyType(fields),
+            subject_claim=subject_claim,
         )
         if utype == "oidc":
             issuer = entry.get("issuer")
             problem = _canonical_issuer_problem(issuer) if issuer else "is missing"
             if problem:
-                out.error("V-05", where, f"issuer {issuer!r} {problem}")
-            common.update(
-                issuer=issuer,
-                subject_claim=str(entry.get("subject_claim", "sub")),
-                authorization_endpoint=entry.get("authorization_endpoint"),
-                token_endpoint=entry.get("token_endpoint"),
-                userinfo_endpoint=entry.get("userinfo_endpoint"),
-                jwks_uri=entry.get("jwks_uri"),
-            )
+                out.error("V-05", where, f"issuer {_show(issuer)} {problem}; use the provider's "
+                          "issuer exactly as its discovery document states it")
         else:
+            issuer = None
             for ep in ("authorization_endpoint", "token_endpoint"):
                 url = entry.get(ep)
                 problem = _url_problem(url) if url else "is missing"
                 if problem:
-                    out.error("V-05", where, f"{ep} {url!r} {problem}")
-            userinfo = entry.get("userinfo_endpoint")
-            if userinfo and _url_problem(userinfo):
-                out.error("V-05", where, f"userinfo_endpoint {userinfo!r} {_url_problem(userinfo)}")
-            common.update(
-                authorization_endpoint=entry.get("authorization_endpoint"),
-                token_endpoint=entry.get("token_endpoint"),
-                userinfo_endpoint=userinfo,
-            )
+                    out.error("V-05", where, f"{ep} {_show(url)} {problem}; a plain OAuth2 upstream "
+                              "needs authorization_endpoint and token_endpoint")
+        for ep in ("userinfo_endpoint", "jwks_uri") + (
+            ("authorization_endpoint", "token_endpoint") if utype == "oidc" else ()
+        ):
+            url = entry.get(ep)
+            if url is not None and _url_problem(url):
+                out.error("V-05", where, f"{ep} {_show(url)} {_url_problem(url)}")
+        if fields and not entry.get("userinfo_endpoint") and utype == "oauth2":
+            out.error("V-05", where, "userinfo_fields is set but userinfo_endpoint is missing; add "
+                      "the endpoint or remove the fields")
+        common.update(
+            issuer=issuer,
+            authorization_endpoint=entry.get("authorization_endpoint"),
+            token_endpoint=entry.get("token_endpoint"),
+            userinfo_endpoint=entry.get("userinfo_endpoint"),
+            jwks_uri=entry.get("jwks_uri"),
+        )
         result.append(UpstreamConfig(**common))
     return result
 
 
-def _closest(name: str, names: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(names), n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _parse_backends(raw: Any, upstream_names: Sequence[str], out: _Collector) -> dict[str, BackendConfig]:
+def _parse_backends(raw: Any, upstream_names: Sequence[str], mode_b: bool,
+                    out: _Collector) -> dict[str, BackendConfig]:
     key = "MCP_AUTH_BACKENDS"
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        out.error("V-08", key, "must be a dict of backend name -> backend dict")
+        out.error("V-08", key, f"must be a dict of backend name -> backend dict, got "
+                  f"{type(raw).__name__}")
         return {}
     result: dict[str, BackendConfig] = {}
-    mode_b = bool(upstream_names)
+    v03: list[str] = []
     for name, entry in raw.items():
         where = f"{key}[{name}]"
+        if not isinstance(name, str) or not name.strip():
+            out.error("V-08", where, f"backend name {_show(name)} must be a non-empty string")
+            continue
         if not isinstance(entry, Mapping):
-            out.error("V-08", where, "must be a dict")
+            out.error("V-08", where, f"must be a dict, got {type(entry).__name__}")
             continue
         strategy = entry.get("strategy")
         if strategy not in STRATEGIES:
-            out.error("V-08", where, f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+            out.error("V-08", where, f"unknown strategy {_show(strategy)}; use one of "
+                      f"{', '.join(STRATEGIES)}{_closest(str(strategy), STRATEGIES, cutoff=0.5)}")
             continue
+        known = _BACKEND_KEYS[strategy] | {"strategy", "url"}
+        _warn_unknown_keys(entry, known, "V-08", where, out, f"by strategy {strategy!r}")
         url = entry.get("url")
         if url is not None:
-            parts = urlsplit(str(url))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                out.error("V-08", where, f"url {url!r} is not an absolute http(s) URL")
-        fields: dict[str, Any] = dict(name=str(name), strategy=strategy, url=url)
+            try:
+                parts = urlsplit(str(url))
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:
+                ok, parts = False, urlsplit("")
+            if not ok:
+                out.error("V-08", where, f"url {_show(url)} is not an absolute http(s) URL; give the "
+                          "base URL the adapter is mounted on, e.g. 'https://api.example.com/'")
+            elif parts.username is not None or parts.password is not None:
+                out.error("V-08", where, f"url {_show(url)} must not contain userinfo; credentials "
+                          "come from the strategy")
+        fields: dict[str, Any] = dict(name=name, strategy=strategy, url=url)
         if strategy == "upstream_inject":
             provider = entry.get("provider")
             if not provider:
-                out.error("V-06", where, "upstream_inject needs a non-empty 'provider' (an upstream name)")
+                out.error("V-06", where, "upstream_inject needs a non-empty 'provider' (the name of "
+                          "the upstream whose token is injected)")
             elif not mode_b:
-                out.error("V-01", where, f"upstream_inject of provider {provider!r} needs upstreams, "
-                          "but MCP_AUTH_UPSTREAMS is empty (Mode A); configure the upstream or "
-                          "change the strategy")
+                out.error("V-01", where, f"upstream_inject of provider {_show(provider)} needs "
+                          "upstreams, but MCP_AUTH_UPSTREAMS is empty (Mode A); configure the "
+                          "upstream or change the strategy")
             elif provider not in upstream_names:
-                out.error("V-02", where, f"provider {provider!r} is not an upstream name"
+                out.error("V-02", where, f"provider {_show(provider)} is not an upstream name"
                           f"{_closest(str(provider), upstream_names)}")
-            fields["provider"] = provider
+            fields["provider"] = provider or None
         elif strategy == "token_exchange":
             token_url = entry.get("token_url")
             if not token_url:
-                out.error("V-08", where, "token_exchange needs 'token_url' (the STS token endpoint)")
+                out.error("V-08", where, "token_exchange needs 'token_url' (the STS token endpoint, "
+                          "e.g. 'https://sts.example.com/token')")
             elif _url_problem(token_url):
-                out.error("V-08", where, f"token_url {token_url!r} {_url_problem(token_url)}")
+                out.error("V-08", where, f"token_url {_show(token_url)} {_url_problem(token_url)}")
             subject_provider = entry.get("subject_provider")
             if subject_provider:
                 if not mode_b:
-                    out.error("V-01", where, f"subject_provider {subject_provider!r} needs upstreams, "
-                              "but MCP_AUTH_UPSTREAMS is empty (Mode A); remove subject_provider to "
-                              "exchange the incoming token, or configure the upstream")
+                    out.error("V-01", where, f"subject_provider {_show(subject_provider)} needs "
+                              "upstreams, but MCP_AUTH_UPSTREAMS is empty (Mode A); remove "
+                              "subject_provider to exchange the incoming token, or configure the "
+                              "upstream")
                 elif subject_provider not in upstream_names:
-                    out.error("V-02", where, f"subject_provider {subject_provider!r} is not an upstream "
-                              f"name{_closest(str(subject_provider), upstream_names)}")
+                    out.error("V-02", where, f"subject_provider {_show(subject_provider)} is not an "
+                              f"upstream name{_closest(str(subject_provider), upstream_names)}")
             elif mode_b:
-                out.warn("V-03", where, "token_exchange without subject_provider sends this AS's own "
-                         "JWT as subject_token; the STS must trust this issuer")
+                v03.append(name)
+            client_id = entry.get("client_id")
+            secret = _resolve_secret(entry, where, out, "V-08")
+            if client_id is not None and not isinstance(client_id, str):
+                out.error("V-08", where, f"client_id {_show(client_id)} must be a string")
+            if any(entry.get(k) for k in _SECRET_KEYS) and not client_id:
+                out.error("V-08", where, "a client secret is configured but client_id is missing; "
+                          "set the client id the STS knows this app by")
+            subject_type = entry.get("subject_token_type")
+            if subject_type is not None and (not isinstance(subject_type, str)
+                                             or not subject_type.startswith("urn:")):
+                out.error("V-08", where, f"subject_token_type {_show(subject_type)} must be a token "
+                          f"type URN, e.g. {TOKEN_TYPE_ACCESS!r}")
+            requested = entry.get("requested_token_type")
+            if requested is not None and requested not in (TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT):
+                # The result is sent as a Bearer token: only access-token types make sense.
+                out.error("V-08", where, f"requested_token_type {_show(requested)} cannot be sent "
+                          f"as a Bearer token; use {TOKEN_TYPE_ACCESS!r} or {TOKEN_TYPE_JWT!r}")
             fields.update(
                 token_url=token_url,
-                client_id=entry.get("client_id"),
-                client_secret=_resolve_secret(entry, where, out, "V-08"),
+                client_id=client_id,
+                client_secret=secret,
                 audience=entry.get("audience"),
                 resource=entry.get("resource"),
-                scopes=_str_tuple(entry.get("scopes")),
+                scopes=_str_tuple(entry.get("scopes"), f"{where}.scopes", out, "V-08"),
                 subject_provider=subject_provider or None,
                 subject_token_type=entry.get("subject_token_type"),
-                requested_token_type=entry.get("requested_token_type", TOKEN_TYPE_ACCESS),
+                requested_token_type=entry.get("requested_token_type") or TOKEN_TYPE_ACCESS,
             )
         elif strategy == "header_injection":
             header = entry.get("header")
             value = entry.get("value")
             value_env = entry.get("value_env")
+            value_ok = True
             if value_env:
                 value = os.environ.get(str(value_env))
                 if value is None:
-                    out.error("V-08", where, f"value_env names {value_env!r}, which is not set")
-            if (not header or value is None or value == "") and not (value_env and value is None):
-                out.error("V-08", where, "header_injection needs 'header' and 'value' (or value_env)")
+                    out.error("V-08", where, f"value_env names {_show(value_env)}, which is not "
+                              "set; export it or give 'value'")
+                    value_ok = False
+            if not header or not isinstance(header, str) or not _HEADER_NAME_RE.match(header):
+                out.error("V-08", where, f"header_injection needs 'header', a valid header name "
+                          f"(got {_show(header)}), e.g. 'X-API-Key'")
+            if value_ok and (not isinstance(value, str) or value == ""):
+                out.error("V-08", where, "header_injection needs a non-empty string 'value' (or "
+                          "'value_env' naming an environment variable)")
+            elif value_ok and any(c in str(value) for c in "\r\n\0"):
+                out.error("V-08", where, "the header value contains CR, LF or NUL (value not "
+                          "shown); remove it")
             fields.update(header=header, value=value)
-        result[str(name)] = BackendConfig(**fields)
+        result[name] = BackendConfig(**fields)
+    if v03:
+        names = ", ".join(repr(n) for n in v03)
+        out.warn("V-03", key, f"token_exchange backend(s) {names} have no subject_provider: the "
+                 "subject_token will be this AS's own JWT, so the STS must trust this issuer "
+                 "(set subject_provider to exchange an upstream token instead)")
     return result
 
 
-def _parse_clients(raw: Any, out: _Collector) -> list[ClientConfig]:
+def _redirect_uri_problem(uri: str) -> str | None:
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "is not a valid URI"
+    if not parts.scheme or "#" in uri:
+        return "must be absolute and have no fragment"
+    scheme = parts.scheme.lower()
+    if scheme in _BAD_REDIRECT_SCHEMES:
+        return f"uses the {scheme!r} scheme, which is never a redirect target"
+    if scheme == "http" and not is_loopback_host(parts.hostname):
+        return "uses http on a non-loopback host; use https (http only for 127.0.0.1/[::1]/localhost)"
+    if scheme == "https" and not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _parse_clients(raw: Any, scopes_supported: tuple[str, ...], out: _Collector) -> list[ClientConfig]:
     key = "MCP_AUTH_CLIENTS"
+    if raw is None:
+        return []
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        out.error("V-05", key, f"must be a list of client dicts, got {type(raw).__name__}")
+        return []
     result: list[ClientConfig] = []
     seen: set[str] = set()
-    for index, entry in enumerate(raw or []):
+    for index, entry in enumerate(raw):
         where = f"{key}[{index}]"
         if not isinstance(entry, Mapping) or not entry.get("client_id"):
             out.error("V-05", where, "each client needs a 'client_id'")
             continue
         cid = str(entry["client_id"])
         if cid in seen:
-            out.error("V-05", where, f"duplicate client_id {cid!r}")
+            out.error("V-05", where, f"duplicate client_id {cid!r}; client ids must be unique")
             continue
         seen.add(cid)
-        uris = _str_tuple(entry.get("redirect_uris"))
+        where = f"{key}[{cid}]"
+        _warn_unknown_keys(entry, _CLIENT_KEYS, "V-05", where, out, "in a client entry")
+        uris = _str_tuple(entry.get("redirect_uris"), f"{where}.redirect_uris", out)
         if not uris:
-            out.error("V-05", where, "redirect_uris is empty")
+            out.error("V-05", where, "redirect_uris is empty; list the exact redirect URIs")
         for uri in uris:
-            parts = urlsplit(uri)
-            if "#" in uri or not parts.scheme:
-                out.error("V-05", where, f"redirect URI {uri!r} must be absolute and have no fragment")
+            problem = _redirect_uri_problem(uri)
+            if problem:
+                out.error("V-05", where, f"redirect URI {_show(uri)} {problem}")
+        scopes = _str_tuple(entry.get("scopes"), f"{where}.scopes", out)
+        unknown = [s for s in scopes if s not in scopes_supported]
+        if unknown:
+            out.error("V-05", where, f"scopes {unknown} are not in MCP_AUTH_SCOPES_SUPPORTED; add "
+                      "them there or remove them")
+        first_party = entry.get("first_party", False)
+        if not isinstance(first_party, bool):
+            out.error("V-05", where, f"first_party {_show(first_party)} must be True or False")
+            first_party = False
+        name = entry.get("client_name")
         result.append(
             ClientConfig(
                 client_id=cid,
                 redirect_uris=uris,
                 client_secret=_resolve_secret(entry, where, out, "V-05"),
-                scopes=_str_tuple(entry.get("scopes")),
-                first_party=bool(entry.get("first_party", False)),
-                client_name=entry.get("client_name"),
+                scopes=scopes,
+                first_party=first_party,
+                client_name=str(name) if name is not None else None,
             )
         )
     return result
 
 
-def _load_pem(value: Any, key: str, out: _Collector) -> str | None:
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    if "-----BEGIN" in text:
-        return text
-    try:
-        with open(text, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        out.error("V-05", key, f"signing key file {text!r} is unreadable ({exc.strerror})")
-        return None
+def _looks_like_path(text: str) -> bool:
+    # Base64/hex key material never contains '.', and DER in base64 starts with 'M': a value that
+    # is not a file is echoed only when it is shaped like a path, so key material stays unshown.
+    return len(text) <= 512 and not any(c.isspace() for c in text) and (
+        "." in text or text.startswith(("/", "~")))
 
 
-def _encryption_keys(config: Mapping[str, Any], out: _Collector) -> tuple[bytes, ...]:
-    import base64
+def _signing_keys(raw: Any, out: _Collector) -> list[str]:
+    """PEM strings or paths to PEM files; each is loaded once here to refuse bad keys at startup."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from .keys import load_signing_key  # validation only: Settings keeps the PEM text
+
+    key = "MCP_AUTH_SIGNING_KEYS"
+    if raw is None:
+        return []
+    if isinstance(raw, (str, bytes, os.PathLike)):
+        raw = [raw]
+    if not isinstance(raw, Sequence):
+        out.error("V-05", key, f"must be a list of PEM strings or paths, got {type(raw).__name__}")
+        return []
+    pems: list[str] = []
+    for index, item in enumerate(raw):
+        where = f"{key}[{index}]"
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        if not isinstance(item, (str, bytes)):
+            out.error("V-05", where, f"must be a PEM string or a path, got {type(item).__name__}")
+            continue
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+        if "-----BEGIN" in text:
+            pem, source = text, "the inline PEM"
+        elif "\n" in text or len(text) > 1024:
+            # Looks like key material without PEM armour: never echo it.
+            out.error("V-05", where, "is neither PEM text (-----BEGIN …) nor a file path (value not "
+                      "shown); give a PEM private key or the path of one")
+            continue
+        else:
+            try:
+                with open(os.path.expanduser(text), encoding="utf-8") as fh:
+                    pem = fh.read()
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or "cannot be read"
+                if _looks_like_path(text):
+                    out.error("V-05", where, f"signing key file {text!r} is unreadable ({reason}); "
+                              "fix the path or its permissions, or create one with `flask mcp-auth "
+                              f"keygen --out {text}`")
+                else:
+                    out.error("V-05", where, "is neither PEM text (-----BEGIN …) nor a readable file "
+                              "(value not shown: it may be key material); give a PEM private key or "
+                              "the path of one")
+                continue
+            source = f"signing key file {text!r}"
+        try:
+            load_pem_private_key(pem.encode(), password=None)
+        except TypeError:
+            out.error("V-05", where, f"{source} is encrypted with a passphrase; store it "
+                      "unencrypted (PKCS#8) in a file only the app can read (mode 0600)")
+            continue
+        except (ValueError, UnsupportedAlgorithm):
+            out.error("V-05", where, f"{source} is not a PEM private key (public keys and "
+                      "certificates cannot sign); generate one with `flask mcp-auth keygen`")
+            continue
+        try:
+            load_signing_key(pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # load_signing_key's messages name sizes/curves only, never key material.
+            out.error("V-05", where, f"{source} is unsupported: {exc}")
+            continue
+        pems.append(pem)
+    return pems
+
+
+def _encryption_keys(config: Mapping[str, Any], mode_b: bool, out: _Collector) -> tuple[bytes, ...]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     key = "MCP_AUTH_ENCRYPTION_KEYS"
+    raw_list = config.get(key) or []
+    if isinstance(raw_list, (str, bytes)):
+        raw_list = [raw_list]
+    if not isinstance(raw_list, Sequence):
+        out.error("V-05", key, f"must be a list of keys, got {type(raw_list).__name__}")
+        raw_list = []
     keys: list[bytes] = []
-    for index, raw in enumerate(config.get(key) or []):
+    for index, raw in enumerate(raw_list):
         value: bytes | None
         if isinstance(raw, bytes) and len(raw) == 32:
             value = raw
-        else:
+        elif isinstance(raw, (str, bytes)):
             try:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                text = raw.decode() if isinstance(raw, bytes) else raw
                 value = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             except (ValueError, UnicodeDecodeError):
                 value = None
+        else:
+            value = None
         if value is None or len(value) != 32:
-            out.error("V-05", f"{key}[{index}]", "must be 32 bytes, or their base64url text "
-                      "(generate with: python -c 'import secrets;print(secrets.token_urlsafe(32))')")
+            out.error("V-05", f"{key}[{index}]", "must be 32 bytes, or their base64url text (value "
+                      "not shown); generate one with: python -c 'import secrets;"
+                      "print(secrets.token_urlsafe(32))'")
             continue
         keys.append(value)
-    if keys:
+    if keys or not mode_b:
         return tuple(keys)
     secret = config.get("SECRET_KEY")
     if not secret:
@@ -587,85 +976,172 @@ def _encryption_keys(config: Mapping[str, Any], out: _Collector) -> tuple[bytes,
     return (derived,)
 
 
+def _storage(config: Mapping[str, Any], out: _Collector) -> Any:
+    storage = config.get("MCP_AUTH_STORAGE")
+    if storage is None or storage == "":  # not `or`: an empty MemoryStorage is falsy (__len__)
+        storage = "memory://"
+    if isinstance(storage, str):
+        if not storage.startswith(("memory://", "redis://", "rediss://")):
+            out.error("V-05", "MCP_AUTH_STORAGE", f"{_show(storage)} is not supported; use "
+                      "memory://, redis://host:port/db, rediss://… or a Storage instance")
+    elif not all(callable(getattr(storage, m, None)) for m in ("ping", "load_session", "take")):
+        out.error("V-05", "MCP_AUTH_STORAGE", f"a {type(storage).__name__} is not a Storage; give a "
+                  "URL string or an object implementing flask_mcp_auth.storage.Storage")
+    return storage
+
+
+def _tls_verify(config: Mapping[str, Any], out: _Collector) -> bool | str:
+    raw = config.get("MCP_AUTH_TLS_VERIFY")
+    if raw is None:
+        return True
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw and os.path.exists(raw):
+        return raw
+    out.error("V-05", "MCP_AUTH_TLS_VERIFY", f"{_show(raw)} must be True, False or the path of an "
+              "existing CA bundle file or directory")
+    return True
+
+
+def _unknown_top_level(config: Mapping[str, Any], out: _Collector) -> None:
+    try:
+        names = [k for k in config if isinstance(k, str) and k.startswith("MCP_AUTH_")]
+    except TypeError:  # a Mapping that cannot be iterated: nothing to check
+        return
+    for name in sorted(set(names) - set(DEFAULTS)):
+        out.warn("V-05", name, f"unknown configuration key {name!r} is ignored"
+                 f"{_closest(name, sorted(DEFAULTS), cutoff=0.6)}")
+
+
+def _check_own_jwks_uri(issuer: str, jwks_uri: Any, out: _Collector) -> None:
+    """Mode B: the RS verifies with local keys, so a JWKS URI may only name this AS's own JWKS."""
+    own = f"{issuer}/.well-known/jwks.json"
+    origin = urlsplit(issuer)
+    try:
+        parts = urlsplit(str(jwks_uri))
+        same = (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc) and parts.path in (
+            urlsplit(own).path, "/.well-known/jwks.json")
+    except ValueError:
+        same = False
+    if not same:
+        out.error("V-04", "MCP_AUTH_JWKS_URI", f"{_show(jwks_uri)} points away from this AS in "
+                  f"Mode B; remove it (the RS verifies with the local keys published at {own})")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def parse_settings(config: Mapping[str, Any]) -> tuple[Settings, list[Problem]]:
-    """Parse and validate; return ``(settings, warnings)`` or raise ``ConfigError`` with all errors."""
+    """Parse and validate; return ``(settings, warnings)`` or raise ``ConfigError`` with all errors.
+
+    >>> settings, warnings = parse_settings({"MCP_AUTH_ISSUER": "https://mcp.example.com",
+    ...                                      "MCP_AUTH_RESOURCE": "https://mcp.example.com/mcp"})
+    >>> settings.mode
+    'A'
+    """
     out = _Collector()
     get = config.get
+    _unknown_top_level(config, out)
 
     issuer = get("MCP_AUTH_ISSUER")
     if not issuer:
-        out.error("V-04", "MCP_AUTH_ISSUER", "is required; set the issuer URL, e.g. https://mcp.example.com")
+        out.error("V-04", "MCP_AUTH_ISSUER", "is required; set the issuer URL, e.g. "
+                  "'https://mcp.example.com'")
     else:
         problem = _canonical_issuer_problem(issuer)
         if problem:
-            fix = str(issuer).rstrip("/").split("?")[0].split("#")[0]
-            out.error("V-04", "MCP_AUTH_ISSUER", f"{issuer!r} is not canonical: it {problem} "
-                      f"(e.g. {fix!r})")
+            fix = _canonical_suggestion(issuer) if isinstance(issuer, str) else "https://mcp.example.com"
+            out.error("V-04", "MCP_AUTH_ISSUER", f"{_show(issuer)} is not canonical: it {problem}; "
+                      f"use e.g. {fix!r}")
     resource = get("MCP_AUTH_RESOURCE")
     if not resource:
-        out.error("V-04", "MCP_AUTH_RESOURCE", "is required; set the canonical URL of the MCP endpoint")
+        out.error("V-04", "MCP_AUTH_RESOURCE", "is required; set the canonical URL of the MCP "
+                  "endpoint, e.g. 'https://mcp.example.com/mcp'")
     else:
         problem = _url_problem(resource)
         if problem:
-            out.error("V-04", "MCP_AUTH_RESOURCE", f"{resource!r} {problem}")
+            out.error("V-04", "MCP_AUTH_RESOURCE", f"{_show(resource)} {problem}; use the URL clients "
+                      "call, e.g. 'https://mcp.example.com/mcp'")
 
-    upstreams = _parse_upstreams(get("MCP_AUTH_UPSTREAMS"), out)
-    raw_up = get("MCP_AUTH_UPSTREAMS") or []
+    raw_up = get("MCP_AUTH_UPSTREAMS")
+    upstreams = _parse_upstreams(raw_up, out)
+    # Mode follows what was configured, not what parsed: one bad upstream must not turn V-02 into V-01.
     mode_b = bool(raw_up)
-    names = [u.name for u in upstreams]
-    backends = _parse_backends(get("MCP_AUTH_BACKENDS"), names if mode_b else [], out)
-    if mode_b and not upstreams:
-        names = []
+    declared = _declared_upstream_names(raw_up)
+    backends = _parse_backends(get("MCP_AUTH_BACKENDS"), declared, mode_b, out)
 
     audience = get("MCP_AUTH_AUDIENCE") or resource or ""
-    allowed = _str_tuple(get("MCP_AUTH_ALLOWED_AUDIENCES")) or ((str(resource),) if resource else ())
+    if not isinstance(audience, str):
+        out.error("V-05", "MCP_AUTH_AUDIENCE", f"{_show(audience)} must be a string")
+        audience = str(resource or "")
+    allowed = _str_tuple(get("MCP_AUTH_ALLOWED_AUDIENCES"), "MCP_AUTH_ALLOWED_AUDIENCES", out)
+    if not allowed and resource:
+        allowed = (str(resource),)
     if mode_b and audience and audience not in allowed:
-        out.error("V-07", "MCP_AUTH_AUDIENCE", f"{audience!r} is not in MCP_AUTH_ALLOWED_AUDIENCES "
-                  f"{list(allowed)}: the AS could never mint a token the RS accepts; add it")
+        out.error("V-07", "MCP_AUTH_AUDIENCE", f"{_show(audience)} is not in "
+                  f"MCP_AUTH_ALLOWED_AUDIENCES {list(allowed)}: the AS could never mint a token the "
+                  "RS accepts; add it to MCP_AUTH_ALLOWED_AUDIENCES or remove MCP_AUTH_AUDIENCE")
 
     jwks_uri = get("MCP_AUTH_JWKS_URI")
-    if jwks_uri and mode_b and issuer:
-        own = f"{str(issuer).rstrip('/')}/.well-known/jwks.json"
-        if jwks_uri != own:
-            out.error("V-04", "MCP_AUTH_JWKS_URI", f"{jwks_uri!r} points away from this AS in Mode B; "
-                      f"remove it (the RS uses the local keys published at {own})")
+    if jwks_uri and mode_b:
+        if not isinstance(issuer, str) or _canonical_issuer_problem(issuer):
+            pass  # the issuer is already reported; "this AS" is unknown
+        else:
+            _check_own_jwks_uri(issuer, jwks_uri, out)
     elif jwks_uri and _url_problem(jwks_uri):
-        out.error("V-04", "MCP_AUTH_JWKS_URI", f"{jwks_uri!r} {_url_problem(jwks_uri)}")
+        out.error("V-04", "MCP_AUTH_JWKS_URI", f"{_show(jwks_uri)} {_url_problem(jwks_uri)}; give "
+                  "the external issuer's JWKS URL or remove it to use discovery")
 
-    ttls = {k: _parse_int(config, k, out) for k in TTL_BOUNDS}
+    ttls = {k: _parse_ttl(config, k, out) for k in TTL_BOUNDS}
 
-    consent = get("MCP_AUTH_CONSENT", "once")
-    if consent not in ("always", "once", "never"):
-        out.error("V-05", "MCP_AUTH_CONSENT", f"{consent!r} is invalid; use 'always', 'once' or 'never'")
-        consent = "once"
+    consent: Literal["always", "once", "never"] = "once"
+    consent_raw = get("MCP_AUTH_CONSENT") or "once"
+    if consent_raw in ("always", "once", "never"):
+        consent = cast(Literal["always", "once", "never"], consent_raw)
+    else:
+        out.error("V-05", "MCP_AUTH_CONSENT", f"{_show(consent_raw)} is invalid; use 'always', "
+                  "'once' or 'never'")
 
-    signing: list[str] = []
-    raw_keys = get("MCP_AUTH_SIGNING_KEYS") or []
-    if isinstance(raw_keys, (str, bytes)):
-        raw_keys = [raw_keys]
-    for index, raw in enumerate(raw_keys):
-        pem = _load_pem(raw, f"MCP_AUTH_SIGNING_KEYS[{index}]", out)
-        if pem is not None:
-            signing.append(pem)
+    signing = _signing_keys(get("MCP_AUTH_SIGNING_KEYS"), out)
+    enc_keys = _encryption_keys(config, mode_b, out)
 
-    enc_keys = _encryption_keys(config, out) if mode_b else ()
-    clients = _parse_clients(get("MCP_AUTH_CLIENTS"), out)
+    scopes_raw = get("MCP_AUTH_SCOPES_SUPPORTED")
+    scopes_supported = _str_tuple(scopes_raw, "MCP_AUTH_SCOPES_SUPPORTED", out)
+    if scopes_raw is None:
+        scopes_supported = tuple(DEFAULTS["MCP_AUTH_SCOPES_SUPPORTED"])
+    clients = _parse_clients(get("MCP_AUTH_CLIENTS"), scopes_supported, out)
 
-    storage = get("MCP_AUTH_STORAGE") or "memory://"
-    if isinstance(storage, str) and not storage.startswith(("memory://", "redis://", "rediss://")):
-        out.error("V-05", "MCP_AUTH_STORAGE", f"{storage!r} is not supported; use memory://, "
-                  "redis://host:port/db, rediss://… or a Storage instance")
-    host = urlsplit(str(issuer or "")).hostname or "default"
-    prefix = get("MCP_AUTH_STORAGE_PREFIX") or f"mcp-auth:{{{host}}}:"
+    protected = _str_tuple(get("MCP_AUTH_PROTECTED_PATHS"), "MCP_AUTH_PROTECTED_PATHS", out)
+    for path in protected:
+        if not path.startswith("/"):
+            out.error("V-05", "MCP_AUTH_PROTECTED_PATHS", f"{path!r} must be a path prefix starting "
+                      f"with '/', e.g. '/{path.lstrip('/')}'")
 
-    timeout_raw = get("MCP_AUTH_UPSTREAM_TIMEOUT", 10)
+    storage = _storage(config, out)
+    prefix = get("MCP_AUTH_STORAGE_PREFIX") or _default_storage_prefix(issuer)
+    if not isinstance(prefix, str):
+        out.error("V-05", "MCP_AUTH_STORAGE_PREFIX", f"{_show(prefix)} must be a string")
+        prefix = _default_storage_prefix(issuer)
+
+    timeout_raw = get("MCP_AUTH_UPSTREAM_TIMEOUT")
+    if timeout_raw is None:
+        timeout_raw = DEFAULTS["MCP_AUTH_UPSTREAM_TIMEOUT"]
     try:
+        if isinstance(timeout_raw, bool):
+            raise ValueError
         timeout = float(timeout_raw)
         if not 0 < timeout <= 120:
             raise ValueError
     except (TypeError, ValueError):
-        out.error("V-05", "MCP_AUTH_UPSTREAM_TIMEOUT", f"{timeout_raw!r} must be seconds in (0, 120]")
+        out.error("V-05", "MCP_AUTH_UPSTREAM_TIMEOUT", f"{_show(timeout_raw)} must be seconds in "
+                  "(0, 120], e.g. 10")
         timeout = 10.0
+
+    dynamic = _parse_bool(config, "MCP_AUTH_DYNAMIC_REGISTRATION", out)
+    confidential = _parse_bool(config, "MCP_AUTH_CONFIDENTIAL_REGISTRATION", out)
+    tls_verify = _tls_verify(config, out)
+    rate_limit = _parse_positive_int(config, "MCP_AUTH_REGISTRATION_RATE_LIMIT", out)
+    max_clients = _parse_positive_int(config, "MCP_AUTH_MAX_CLIENTS", out)
 
     if out.errors:
         raise ConfigError(out.errors)
@@ -678,25 +1154,23 @@ def parse_settings(config: Mapping[str, Any]) -> tuple[Settings, list[Problem]]:
         jwks_uri=jwks_uri,
         upstreams=tuple(upstreams),
         backends=MappingProxyType(backends),
-        protected_paths=_str_tuple(get("MCP_AUTH_PROTECTED_PATHS")),
-        scopes_supported=_str_tuple(
-            get("MCP_AUTH_SCOPES_SUPPORTED") or DEFAULTS["MCP_AUTH_SCOPES_SUPPORTED"]
-        ),
+        protected_paths=protected,
+        scopes_supported=scopes_supported,
         signing_keys=tuple(signing),
         encryption_keys=enc_keys,
         storage=storage,
-        storage_prefix=str(prefix),
+        storage_prefix=prefix,
         access_token_ttl=ttls["MCP_AUTH_ACCESS_TOKEN_TTL"],
         refresh_token_ttl=ttls["MCP_AUTH_REFRESH_TOKEN_TTL"],
         code_ttl=ttls["MCP_AUTH_CODE_TTL"],
         pending_ttl=ttls["MCP_AUTH_PENDING_TTL"],
         consent=consent,
         clients=tuple(clients),
-        dynamic_registration=bool(get("MCP_AUTH_DYNAMIC_REGISTRATION", True)),
-        confidential_registration=bool(get("MCP_AUTH_CONFIDENTIAL_REGISTRATION", False)),
+        dynamic_registration=dynamic,
+        confidential_registration=confidential,
         upstream_timeout=timeout,
-        tls_verify=get("MCP_AUTH_TLS_VERIFY", True),
-        registration_rate_limit=int(get("MCP_AUTH_REGISTRATION_RATE_LIMIT", 20)),
-        max_clients=int(get("MCP_AUTH_MAX_CLIENTS", 10000)),
+        tls_verify=tls_verify,
+        registration_rate_limit=rate_limit,
+        max_clients=max_clients,
     )
     return settings, out.warnings

@@ -65,6 +65,8 @@ class MCPAuth:
             )
         apply_defaults(app.config)
         settings, warnings = parse_settings(app.config)
+        if settings.mode == "B":
+            _harden_session_cookie(app, settings.issuer)
         for rule, key, message in warnings:
             logger.warning("[%s] %s: %s", rule, key, message)
 
@@ -145,3 +147,23 @@ class MCPAuth:
     def backend_auth(self, name: str, identity: Identity | None = None) -> requests.auth.AuthBase:
         """The ``requests.auth.AuthBase`` for one backend and identity (default: the current one)."""
         return outgoing_backend_auth(self.runtime(), name, identity)
+
+
+def _harden_session_cookie(app: Flask, issuer: str) -> None:
+    """The AS keeps browser-binding ids in Flask's session (SPEC §3.4), so its cookie is a login
+    credential (TESTPLAN AZ-18). Settings the app left at Flask's defaults are tightened:
+    SameSite=Lax (Flask already defaults to HttpOnly), and — when the issuer is https — Secure with
+    the ``__Host-`` name prefix (no Domain, Path=/). Values the app chose itself are kept."""
+    config = app.config
+    if config.get("SESSION_COOKIE_SAMESITE") is None:
+        config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if not issuer.startswith("https://"):
+        return
+    if not config.get("SESSION_COOKIE_SECURE"):
+        config["SESSION_COOKIE_SECURE"] = True
+    if (
+        config.get("SESSION_COOKIE_NAME", "session") == "session"
+        and not config.get("SESSION_COOKIE_DOMAIN")
+        and config.get("SESSION_COOKIE_PATH") in (None, "/")
+    ):
+        config["SESSION_COOKIE_NAME"] = "__Host-session"
