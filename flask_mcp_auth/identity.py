@@ -618,7 +618,7 @@ def install(app: Flask, runtime: Runtime) -> None:
             runtime.storage,
             runtime.vault,
             runtime.upstreams,
-            ttl=settings.refresh_token_ttl,
+            ttl=settings.refresh_token_ttl,  # a bound: storage caps a refreshed row at its session's TTL
             lock_ttl=2 * settings.upstream_timeout + 5,
             on_refreshed=refreshed,
         )

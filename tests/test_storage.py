@@ -291,6 +291,54 @@ def test_revoke_session(backend: Backend) -> None:
     assert s.load_session("sid").revoked is False
 
 
+def test_load_session_reports_remaining_ttl(backend: Backend) -> None:
+    s = backend.store
+    assert s.load_session("sid").ttl is None
+    s.put_upstream_token("sid", "a", "A", ttl=60)
+    assert s.load_session("sid").ttl is None  # rows without metadata: no session TTL to report
+    s.set_session("sid", "u", ttl=100, complete=True)
+    left = s.load_session("sid").ttl
+    assert left is not None and 0 < left <= 100
+    if backend.clock is not None:  # injected clock: exact
+        backend.advance(40)
+        assert s.load_session("sid").ttl == pytest.approx(60)
+    s.revoke_session("sid", ttl=60)
+    assert s.load_session("sid").ttl is None
+
+
+def test_put_refreshed_token_never_outlives_its_session(backend: Backend) -> None:
+    s = backend.store
+    s.put_upstream_token("short", "a", "A", ttl=600)
+    s.set_session("short", "u", ttl=1, complete=True)  # a session shorter than the refresh TTL
+    assert s.put_refreshed_token("short", "a", "A2", ttl=600) is True
+    assert s.put_refreshed_token("short", "b", "B", ttl=600) is True
+    assert dict(s.load_session("short").tokens) == {"a": "A2", "b": "B"}
+    if backend.raw is not None:
+        session_left = backend.raw.pttl(f"{PREFIX}session:short")  # read first: both only shrink
+        for provider in ("a", "b"):
+            assert 0 < backend.raw.pttl(f"{PREFIX}upstream:short:{provider}") <= session_left
+        assert backend.raw.pttl(f"{PREFIX}upstream:idx:short") > 0
+    s.set_session("long", "u", ttl=600, complete=True)
+    assert s.put_refreshed_token("long", "a", "L", ttl=1) is True  # ttl still bounds the row
+    assert s.put_refreshed_token("nometa", "a", "N", ttl=600) is True  # unknown session: ttl
+    s.revoke_session("gone", ttl=600)
+    assert s.put_refreshed_token("gone", "a", "G", ttl=600) is False  # revoked: nothing comes back
+    assert dict(s.load_session("gone").tokens) == {}
+    backend.advance(1.2)
+    short = s.load_session("short")
+    assert (short.owner, dict(short.tokens)) == (None, {})
+    assert dict(s.load_session("long").tokens) == {}
+    assert dict(s.load_session("nometa").tokens) == {"a": "N"}
+    if backend.raw is not None:
+        assert backend.raw.exists(f"{PREFIX}upstream:idx:short", f"{PREFIX}upstream:gone:a") == 0
+    with pytest.raises(ValueError):
+        s.put_refreshed_token("a:b", "a", "x", ttl=60)
+    with pytest.raises(ValueError):
+        s.put_refreshed_token("sid", "b:c", "x", ttl=60)
+    with pytest.raises(ValueError):
+        s.put_refreshed_token("sid", "a", "x", ttl=0)
+
+
 def test_sid_and_provider_cannot_alias_slots(backend: Backend) -> None:
     with pytest.raises(ValueError):
         backend.store.put_upstream_token("a:b", "c", "x", ttl=60)

@@ -123,6 +123,7 @@ class SessionData:
     complete: bool  # False while the chain is still running (tokens are provisional)
     revoked: bool
     tokens: Mapping[str, str]  # provider -> encrypted blob
+    ttl: float | None = None  # seconds the session metadata has left (None: no metadata stored)
 
 
 @runtime_checkable
@@ -167,12 +168,19 @@ class Storage(Protocol):
         """Store one encrypted upstream token blob and index it under ``sid``. The index's TTL is
         raised to at least ``ttl`` (it always outlives its members)."""
 
+    def put_refreshed_token(self, sid: str, provider: str, blob: str, ttl: int) -> bool:
+        """Like :meth:`put_upstream_token`, for a row rewritten after its session completed (an
+        upstream refresh): in ONE atomic step the row gets the session metadata's remaining TTL when
+        that is shorter than ``ttl`` (a row never outlives its session), ``ttl`` when ``sid`` has no
+        metadata; nothing is written and ``False`` returned when ``sid`` is revoked."""
+
     def set_session(self, sid: str, owner: str, ttl: int, *, complete: bool) -> None:
         """Write session metadata and set ``ttl`` on the metadata, the index and every token row of
         ``sid`` (used when a chain completes to turn provisional rows into session rows)."""
 
     def load_session(self, sid: str) -> SessionData:
-        """Metadata, revocation marker and every token blob of ``sid`` in ONE round trip."""
+        """Metadata (with its remaining TTL), revocation marker and every token blob of ``sid`` in ONE
+        round trip."""
 
     def delete_session(self, sid: str, providers: list[str] | None = None) -> None:
         """Delete the named providers' rows (all rows, index and metadata when ``None``)."""

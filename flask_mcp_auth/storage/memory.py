@@ -246,13 +246,30 @@ class MemoryStorage:
             raise ValueError("every record needs a positive TTL")
         with self._lock:
             now = self._now()
+            self._put_row(sid, provider, blob, now + ttl, now)
+
+    def put_refreshed_token(self, sid: str, provider: str, blob: str, ttl: int) -> bool:
+        _slot_part("sid", sid)
+        _slot_part("provider", provider)
+        if ttl <= 0:
+            raise ValueError("every record needs a positive TTL")
+        with self._lock:  # one critical section: the session cannot change between read and write
+            now = self._now()
+            if self._live(("revoked", sid), now) is not None:
+                return False
             expires = now + ttl
-            old = self._data.get((_INDEX, sid))
-            rows = self._rows(sid, now)
-            rows = {} if rows is None else rows
-            rows[provider] = (expires, blob)
-            # The index outlives every row it lists.
-            self._set_until((_INDEX, sid), rows, max(expires, old[0]) if old else expires, now)
+            if self._live(("session", sid), now) is not None:
+                expires = min(expires, self._data[("session", sid)][0])  # never outlive the session
+            self._put_row(sid, provider, blob, expires, now)
+            return True
+
+    def _put_row(self, sid: str, provider: str, blob: str, expires: float, now: float) -> None:
+        old = self._data.get((_INDEX, sid))
+        rows = self._rows(sid, now)
+        rows = {} if rows is None else rows
+        rows[provider] = (expires, blob)
+        # The index outlives every row it lists.
+        self._set_until((_INDEX, sid), rows, max(expires, old[0]) if old else expires, now)
 
     def set_session(self, sid: str, owner: str, ttl: int, *, complete: bool) -> None:
         _slot_part("sid", sid)
@@ -274,6 +291,7 @@ class MemoryStorage:
         with self._lock:
             now = self._now()
             meta = self._live(("session", sid), now)
+            left = self._data[("session", sid)][0] - now if meta is not None else None
             revoked = self._live(("revoked", sid), now) is not None
             rows = self._rows(sid, now) or {}
             tokens = {p: blob for p, (exp, blob) in sorted(rows.items()) if exp > now}
@@ -285,6 +303,7 @@ class MemoryStorage:
             complete=bool(record and record.get("complete") is True),
             revoked=revoked,
             tokens=tokens,
+            ttl=left,
         )
 
     def delete_session(self, sid: str, providers: list[str] | None = None) -> None:

@@ -10,8 +10,8 @@ Any number of app processes and hosts share one Redis. The key catalogue is the 
   ``register_script``; redis-py sends ``EVALSHA`` and loads the script again after a restart), so it
   is atomic across processes. Single-use items are consumed with ``GETDEL`` (a Lua script on Redis
   older than 6.2).
-* :meth:`RedisStorage.load_session` is ONE round trip: a single script reads the session metadata, the
-  revocation marker, the index and every token blob.
+* :meth:`RedisStorage.load_session` is ONE round trip: a single script reads the session metadata and
+  its ``PTTL``, the revocation marker, the index and every token blob.
 * Every redis-py error becomes :class:`~flask_mcp_auth.storage.StorageUnavailable` (callers fail
   closed, 503), except a value of the wrong shape, which is
   :class:`~flask_mcp_auth.storage.CorruptRecord`. Values are JSON text, never pickle.
@@ -138,6 +138,20 @@ if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) en
 return 1
 """
 
+# KEYS: token row, index, session, revoked; ARGV: blob, provider, ttl ms
+# Reading the session's PTTL and writing the row in one script means no set_session, revocation or
+# expiry can slip in between: the row never outlives its session, and a revoked session gets no row.
+_PUT_REFRESHED = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local ttl = tonumber(ARGV[3])
+local left = redis.call('PTTL', KEYS[3])
+if left > 0 and left < ttl then ttl = left end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SADD', KEYS[2], ARGV[2])
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
 # KEYS: session, index; ARGV: metadata JSON, ttl ms, token row prefix
 _SET_SESSION = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -150,9 +164,9 @@ return #providers
 """
 
 # KEYS: session, revoked, index; ARGV: token row prefix
-# Reply: {metadata or nil, revoked 0/1, provider, blob, provider, blob, …}
+# Reply: {metadata or nil, revoked 0/1, metadata PTTL ms, provider, blob, provider, blob, …}
 _LOAD_SESSION = """
-local out = {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+local out = {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2]), redis.call('PTTL', KEYS[1])}
 local providers = redis.call('SMEMBERS', KEYS[3])
 for _, p in ipairs(providers) do
   local blob = redis.call('GET', ARGV[1] .. p)
@@ -238,6 +252,7 @@ class RedisStorage:
         self._touch_client = register(_TOUCH_CLIENT)
         self._delete_client = register(_DELETE_CLIENT)
         self._put_upstream = register(_PUT_UPSTREAM)
+        self._put_refreshed = register(_PUT_REFRESHED)
         self._set_session = register(_SET_SESSION)
         self._load_session = register(_LOAD_SESSION)
         self._delete_session = register(_DELETE_SESSION)
@@ -350,6 +365,13 @@ class RedisStorage:
         _session, _revoked, index, rows = self._session_keys(sid)
         self._call(self._put_upstream, keys=[rows + provider, index], args=[blob, provider, _ms(ttl)])
 
+    def put_refreshed_token(self, sid: str, provider: str, blob: str, ttl: int) -> bool:
+        _slot_part("sid", sid)
+        _slot_part("provider", provider)
+        session, revoked, index, rows = self._session_keys(sid)
+        keys = [rows + provider, index, session, revoked]
+        return bool(self._call(self._put_refreshed, keys=keys, args=[blob, provider, _ms(ttl)]))
+
     def set_session(self, sid: str, owner: str, ttl: int, *, complete: bool) -> None:
         _slot_part("sid", sid)
         session, _revoked, index, rows = self._session_keys(sid)
@@ -362,7 +384,8 @@ class RedisStorage:
         session, revoked, index, rows = self._session_keys(sid)
         reply = self._call(self._load_session, keys=[session, revoked, index], args=[rows])
         meta = loads(reply[0]) if reply[0] is not None else None
-        tokens = {_text(reply[i]): _text(reply[i + 1]) for i in range(2, len(reply) - 1, 2)}
+        tokens = {_text(reply[i]): _text(reply[i + 1]) for i in range(3, len(reply) - 1, 2)}
+        left = int(reply[2])  # -2: no metadata; -1: no TTL (never written so): unknown
         if meta is not None and not isinstance(meta.get("owner"), str):
             raise CorruptRecord("session metadata has no owner")
         return SessionData(
@@ -370,6 +393,7 @@ class RedisStorage:
             complete=bool(meta and meta.get("complete") is True),
             revoked=bool(reply[1]),
             tokens=dict(sorted(tokens.items())),
+            ttl=left / 1000 if meta is not None and left > 0 else None,
         )
 
     def delete_session(self, sid: str, providers: list[str] | None = None) -> None:

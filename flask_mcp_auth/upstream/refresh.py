@@ -10,8 +10,9 @@ Concurrent refreshes of the same ``(session id, provider)`` make exactly one ups
 Before calling the upstream the leader re-reads the stored row, so a caller holding a stale copy never
 replays a refresh token that was already rotated. Outcomes:
 
-* success — the new token is encrypted and stored; a missing new refresh token keeps the old one, and
-  the upstream client refuses a new id_token for another subject;
+* success — the new token is encrypted and stored for no longer than its session has left (SPEC §7:
+  a row never outlives its session); a missing new refresh token keeps the old one, and the upstream
+  client refuses a new id_token for another subject. A session revoked meanwhile gets no row back;
 * :class:`UpstreamRejected` (``invalid_grant``, no refresh token, …) — that provider's row is deleted;
 * :class:`UpstreamUnavailable` (timeout, 5xx, lock wait exceeded) — the row is kept (transient).
 
@@ -66,7 +67,7 @@ class Refresher:
         self.storage = storage
         self.vault = vault
         self.upstreams = upstreams
-        self.ttl = ttl  # lifetime given to a refreshed row (the session's lifetime)
+        self.ttl = ttl  # upper bound on a refreshed row's lifetime; storage caps it at the session's
         self.lock_ttl = lock_ttl
         self.wait_timeout = lock_ttl if wait_timeout is None else wait_timeout
         self.poll_interval = poll_interval
@@ -171,7 +172,13 @@ class Refresher:
         if current.subject is not None and fresh.subject != current.subject:
             self.storage.delete_session(sid, [provider])
             raise UpstreamRejected(provider, "subject_changed")
-        self.vault.save(sid, fresh, self.ttl)
+        # The session's remaining TTL is read and applied by storage in the same atomic step: a TTL
+        # read here before the upstream call would be stale by that call's duration and could race
+        # set_session or a revocation (a revoked session's token must not come back, RFC 7009 §2.1).
+        blob = self.vault.encode(sid, fresh)
+        if not self.storage.put_refreshed_token(sid, provider, blob, self.ttl):
+            logger.info("session %s revoked during the refresh of %s; token discarded", sid[:8], provider)
+            raise UpstreamRejected(provider, "session_revoked")
         logger.debug("upstream token of %s refreshed for session %s", provider, sid[:8])
         if self.on_refreshed is not None:
             self.on_refreshed(sid, provider, subject)
