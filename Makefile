@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python bench/chain.py
 	$(BIN)/python bench/outgoing.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

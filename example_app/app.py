@@ -45,6 +45,27 @@ def _server_side_sessions(app: Flask) -> None:
     app.config.setdefault("SESSION_KEY_PREFIX", "example-app:session:")
     app.config.setdefault("SESSION_PERMANENT", False)
     Session(app)
+    interface = app.session_interface
+    # Flask-Session raises straight out of the request when Redis is down (a 500 before or after the
+    # extension's clean 503). Degrade instead: an unreadable session is a new empty one, and an
+    # unsaved one is dropped; a chain that then lacks its browser binding fails closed with a 400.
+    retrieve, upsert = interface._retrieve_session_data, interface._upsert_session  # type: ignore[attr-defined]
+
+    def _retrieve(store_id: str) -> Any:
+        try:
+            return retrieve(store_id)
+        except redis.RedisError:
+            logger.warning("session store unavailable: treating the browser session as empty")
+            return None
+
+    def _upsert(*args: Any) -> None:
+        try:
+            upsert(*args)
+        except redis.RedisError:
+            logger.warning("session store unavailable: browser session not saved")
+
+    interface._retrieve_session_data = _retrieve  # type: ignore[attr-defined]
+    interface._upsert_session = _upsert  # type: ignore[attr-defined]
 
 
 def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from ._http import HTTPFailure, fetch
 from .config import parse_settings
 from .errors import ConfigError, StorageError, UpstreamError
 from .keys import generate_rsa_pem, load_signing_key
@@ -37,6 +37,8 @@ __all__ = ["mcp_auth", "register"]
 EXTENSION_KEY = "mcp_auth"
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
+#: Largest discovery/JWKS document `check` reads.
+_MAX_DOCUMENT = 1024 * 1024
 
 mcp_auth = AppGroup("mcp-auth", help="flask_mcp_auth: check the setup, create keys, print the JWKS.")
 
@@ -182,11 +184,11 @@ def _check_storage(runtime: Runtime) -> tuple[str, str, str]:
 
 
 def _get_json(runtime: Runtime, url: str) -> Any:
-    response = runtime.http.get(url, timeout=runtime.timeout, verify=runtime.verify,
-                                headers={"Accept": "application/json"}, allow_redirects=False)
-    if response.status_code != 200:
-        raise ValueError(f"HTTP {response.status_code} from {url}")
-    return response.json()
+    reply = fetch(runtime.http, "GET", url, headers={"Accept": "application/json"},
+                  verify=runtime.verify, timeout=runtime.timeout, max_body=_MAX_DOCUMENT)
+    if reply.status != 200:
+        raise ValueError(f"HTTP {reply.status} from {url}")
+    return json.loads(reply.body)
 
 
 def _check_external_issuer(runtime: Runtime) -> tuple[str, str, str]:
@@ -200,11 +202,11 @@ def _check_external_issuer(runtime: Runtime) -> tuple[str, str, str]:
             if not isinstance(url, str):
                 return ("issuer jwks", FAIL, "the issuer's discovery document has no jwks_uri")
         document = _get_json(runtime, url)
-    except ValueError as exc:  # first: requests' JSONDecodeError is also a RequestException
+    except ValueError as exc:  # HTTP status, or a body that is not JSON
         return ("issuer jwks", FAIL, _safe(str(exc) if "HTTP" in str(exc) else "answer is not JSON"))
-    except requests.RequestException as exc:
+    except HTTPFailure as exc:  # timeout (in total, not per read), connection error, oversize
         where = settings.jwks_uri or f"{settings.issuer}/.well-known/openid-configuration"
-        return ("issuer jwks", FAIL, _safe(f"{where} unreachable ({type(exc).__name__})"))
+        return ("issuer jwks", FAIL, _safe(f"{where} unreachable ({exc.reason})"))
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
         return ("issuer jwks", FAIL, _safe(f"{url} holds no keys"))
@@ -237,12 +239,12 @@ def _check_backends(runtime: Runtime) -> list[tuple[str, str, str]]:
         url = str(backend.token_url)
         try:
             # Reachability only: any HTTP answer (405 to HEAD included) means the STS is there.
-            response = runtime.http.head(url, timeout=runtime.timeout, verify=runtime.verify,
-                                         allow_redirects=False)
-        except requests.RequestException as exc:
-            rows.append((label, FAIL, f"STS {url} unreachable ({type(exc).__name__})"))
+            reply = fetch(runtime.http, "HEAD", url, verify=runtime.verify, timeout=runtime.timeout,
+                          max_body=_MAX_DOCUMENT)
+        except HTTPFailure as exc:
+            rows.append((label, FAIL, f"STS {url} unreachable ({exc.reason})"))
         else:
-            rows.append((label, OK, f"STS {url} answered HTTP {response.status_code}"))
+            rows.append((label, OK, f"STS {url} answered HTTP {reply.status}"))
     return rows
 
 

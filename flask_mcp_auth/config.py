@@ -162,7 +162,7 @@ class UpstreamConfig:
     authorize_params: Mapping[str, str] = field(default_factory=dict)
     #: ``none`` when no secret is configured and no method was given (a public client with PKCE)
     token_endpoint_auth_method: str = "client_secret_basic"
-    # OIDC
+    # OIDC (``issuer`` is also an optional field of plain OAuth2 entries: the RFC 9207 ``iss``)
     issuer: str | None = None
     subject_claim: str = "sub"
     # OAuth2 (for OIDC filled from discovery at startup)
@@ -634,7 +634,12 @@ def _parse_upstreams(raw: Any, out: _Collector) -> list[UpstreamConfig]:
                 out.error("V-05", where, f"issuer {_show(issuer)} {problem}; use the provider's "
                           "issuer exactly as its discovery document states it")
         else:
-            issuer = None
+            # Optional for plain OAuth2: when set, a callback ``iss`` (RFC 9207) must equal it exactly.
+            issuer = entry.get("issuer")
+            if issuer is not None and _url_problem(issuer):
+                out.error("V-05", where, f"issuer {_show(issuer)} {_url_problem(issuer)}; give the "
+                          "issuer the provider sends as 'iss' in authorization responses, or remove it")
+                issuer = None
             for ep in ("authorization_endpoint", "token_endpoint"):
                 url = entry.get(ep)
                 problem = _url_problem(url) if url else "is missing"

@@ -30,6 +30,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from werkzeug.local import LocalProxy
 
 from . import signals
+from ._http import HTTPFailure, fetch
 from .config import is_loopback_host
 from .errors import (
     InsufficientScope,
@@ -274,13 +275,15 @@ class ExternalVerifier:
             return self._table
 
     def _fetch_keys(self) -> _KeyTable:
-        uri = self._jwks_uri or self._discover()
-        table = _parse_jwks(self._get_json(uri))
+        # One total budget for discovery + JWKS: the caller holds ``_lock`` for all of it.
+        deadline = time.monotonic() + self.settings.upstream_timeout
+        uri = self._jwks_uri or self._discover(deadline)
+        table = _parse_jwks(self._get_json(uri, deadline))
         if not table.all:
             raise _FetchError("no_usable_keys")
         return table
 
-    def _discover(self) -> str:
+    def _discover(self, deadline: float) -> str:
         issuer = self.settings.issuer
         parts = urlsplit(issuer)
         candidates = [
@@ -290,7 +293,7 @@ class ExternalVerifier:
         reason = "discovery_failed"
         for url in candidates:
             try:
-                doc = self._get_json(url)
+                doc = self._get_json(url, deadline)
             except _FetchError as exc:
                 reason = exc.reason
                 continue
@@ -304,34 +307,18 @@ class ExternalVerifier:
             reason = "discovery_without_jwks_uri"
         raise _FetchError(reason)
 
-    def _get_json(self, url: str) -> dict[str, Any]:
+    def _get_json(self, url: str, deadline: float) -> dict[str, Any]:
         try:
-            resp = self.http.get(
-                url,
-                headers={"Accept": "application/json"},
-                timeout=self.settings.upstream_timeout,
-                verify=self.settings.tls_verify,
-                allow_redirects=False,
-                stream=True,
-            )
-        except requests.RequestException as exc:
-            raise _FetchError("unreachable") from exc
-        with resp:
-            if resp.status_code != 200:
-                raise _FetchError(f"http_{resp.status_code}")
-            body = bytearray()
-            try:
-                for chunk in resp.iter_content(65536):
-                    body += chunk
-                    if len(body) > self.max_document_bytes:
-                        raise _FetchError("too_large")
-            except requests.RequestException as exc:
-                raise _FetchError("unreachable") from exc
-        try:
-            doc = json.loads(bytes(body))
-        except ValueError as exc:
-            raise _FetchError("not_json") from exc
-        if not isinstance(doc, dict):
+            reply = fetch(self.http, "GET", url, headers={"Accept": "application/json"},
+                          verify=self.settings.tls_verify, timeout=self.settings.upstream_timeout,
+                          max_body=self.max_document_bytes, deadline=deadline)
+        except HTTPFailure as exc:
+            reason = {"timeout": "timeout", "too_large": "too_large"}.get(exc.reason, "unreachable")
+            raise _FetchError(reason) from None
+        if reply.status != 200:
+            raise _FetchError(f"http_{reply.status}")
+        doc = reply.json_object()
+        if doc is None:
             raise _FetchError("not_json")
         return doc
 
@@ -341,6 +328,20 @@ def _acceptable_url(url: str) -> bool:
     if parts.scheme == "https":
         return bool(parts.netloc)
     return parts.scheme == "http" and is_loopback_host(parts.hostname or "")
+
+
+#: Slack on top of the upstream calls for storage round trips, decryption and thread scheduling.
+_REFRESH_LOCK_MARGIN = 10.0
+
+
+def _refresh_lock_ttl(timeout: float) -> float:
+    """TTL of the cross-process refresh lock: longer than one refresh can take, so a second process
+    never replays a refresh token that is still in flight (rotating providers answer invalid_grant).
+
+    One refresh is the token call plus, for OIDC, at most one JWKS fetch (or a wait for another
+    thread's) to verify a new id_token; ``_http.fetch`` bounds each by ``timeout`` seconds in total.
+    """
+    return 2 * timeout + _REFRESH_LOCK_MARGIN
 
 
 # --- Mode B: the session's upstream tokens -----------------------------------------------------------
@@ -619,7 +620,7 @@ def install(app: Flask, runtime: Runtime) -> None:
             runtime.vault,
             runtime.upstreams,
             ttl=settings.refresh_token_ttl,  # a bound: storage caps a refreshed row at its session's TTL
-            lock_ttl=2 * settings.upstream_timeout + 5,
+            lock_ttl=_refresh_lock_ttl(settings.upstream_timeout),
             on_refreshed=refreshed,
         )
         runtime.parts["refresher"] = refresher

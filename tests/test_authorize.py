@@ -18,6 +18,7 @@ import requests
 
 from flask_mcp_auth.server.authorize import parse_query, validate_authorize
 from flask_mcp_auth.server.chain import client_redirect_url
+from flask_mcp_auth.storage import StorageUnavailable
 from tests.support.as_app import CLIENT_ID, ASServer, Browser, pkce, serve_as
 from tests.support.idp import FakeOIDC
 
@@ -351,6 +352,108 @@ def test_no_secret_key_is_clean_error(idp: FakeOIDC) -> None:
         resp = _get(srv, _params())
         _assert_page(resp, 500)
         assert srv.spy.puts == []
+
+
+# -- dynamically registered clients: error redirects only once this browser approved them --------
+# Anyone can register a client whose redirect URI is a phishing page; until this browser approved
+# the client at consent, authorize errors are a 400 page and never a redirect (RFC 9700 §4.11.2).
+PHISH = "https://evil.example/phish"
+_ERROR_CASES = [
+    {"response_type": "token"}, {"response_type": None}, {"code_challenge": None},
+    {"code_challenge_method": "plain"}, {"code_challenge": "a" * 42}, {"state": None},
+    {"scope": "admin"}, {"resource": "https://other.example/"}, {"nonce": "n" * 513},
+]
+
+
+def _register(srv: ASServer, uris: list[str]) -> str:
+    reg = requests.post(f"{srv.url}/oauth/register", json={"redirect_uris": uris, "client_name": "Dyn"},
+                        timeout=10)
+    assert reg.status_code == 201, reg.text
+    return str(reg.json()["client_id"])
+
+
+@pytest.mark.parametrize("overrides", _ERROR_CASES)
+def test_unapproved_dynamic_client_error_is_page_not_redirect(srv: ASServer, idp: FakeOIDC,
+                                                              overrides: dict[str, str | None]) -> None:
+    cid = _register(srv, [PHISH])
+    for redirect_uri in (PHISH, None):  # given, or omitted (the single registered one)
+        resp = _get(srv, _params(client_id=cid, redirect_uri=redirect_uri, **overrides))
+        _assert_page(resp)
+        assert "evil.example/phish?" not in resp.text
+    _assert_untouched(srv, idp)
+
+
+def test_unapproved_dynamic_client_review_repro(srv: ASServer, idp: FakeOIDC) -> None:
+    """The reviewer's exact requests: a fresh browser, no state, no PKCE."""
+    cid = _register(srv, [PHISH])
+    fresh = requests.Session()
+    for query in (f"client_id={cid}&redirect_uri={quote(PHISH, safe='')}&response_type=token",
+                  f"client_id={cid}&response_type=code"):
+        resp = fresh.get(f"{srv.url}/oauth/authorize?{query}", allow_redirects=False, timeout=10)
+        _assert_page(resp)
+    _assert_untouched(srv, idp)
+
+
+@pytest.mark.parametrize("overrides", _ERROR_CASES)
+def test_approved_dynamic_client_gets_error_redirect(srv: ASServer, idp: FakeOIDC,
+                                                     overrides: dict[str, str | None]) -> None:
+    cid = _register(srv, [LOOPBACK])
+    browser = Browser()
+    flow = browser.authorize(srv, client_id=cid, redirect_uri=LOOPBACK, scope="openid")
+    assert flow.reached_client and "code" in flow.params
+    resp = browser.request("GET", f"{srv.url}/oauth/authorize?{urlencode(_params(client_id=cid, **overrides))}")
+    back = _error_redirect(resp)
+    assert back["error"][0] in ("invalid_request", "unsupported_response_type", "invalid_scope",
+                                "invalid_target")
+    assert back["iss"] == [srv.url] and set(back) <= {"error", "state", "iss"}
+    assert back.get("state", ["xyz"]) == ["xyz"]
+    # the approval belongs to that browser and that client only
+    _assert_page(Browser().request("GET", resp.request.url or ""))
+    other = _register(srv, [LOOPBACK])
+    _assert_page(browser.request("GET", srv.authorize_url(**_params(client_id=other, **overrides))))
+
+
+def test_denied_dynamic_client_still_gets_page(srv: ASServer, idp: FakeOIDC) -> None:
+    cid = _register(srv, [LOOPBACK])
+    browser = Browser()
+    denied = browser.authorize(srv, client_id=cid, redirect_uri=LOOPBACK, scope="openid",
+                               consent="deny")
+    assert denied.reached_client and denied.error == "access_denied"  # after the user's own choice
+    _assert_page(browser.request("GET", srv.authorize_url(**_params(client_id=cid,
+                                                                     response_type="token"))))
+
+
+def test_approval_under_consent_always_allows_error_redirect(idp: FakeOIDC) -> None:
+    with serve_as([idp.upstream_entry("corp")], "memory://", MCP_AUTH_CONSENT="always") as srv:
+        cid = _register(srv, [LOOPBACK])
+        browser = Browser()
+        query = urlencode(_params(client_id=cid, response_type="token"))
+        _assert_page(browser.request("GET", f"{srv.url}/oauth/authorize?{query}"))
+        assert browser.authorize(srv, client_id=cid, redirect_uri=LOOPBACK, scope="openid").reached_client
+        again = browser.authorize(srv, client_id=cid, redirect_uri=LOOPBACK, scope="openid",
+                                  consent=None)
+        assert again.final is not None and again.final.status_code == 200  # still asked every time
+        back = _error_redirect(browser.request("GET", f"{srv.url}/oauth/authorize?{query}"))
+        assert back["error"] == ["unsupported_response_type"]
+
+
+def test_storage_down_at_consent_check(srv: ASServer, idp: FakeOIDC,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storage failing after the client is known: pre-registered ⇒ 303 temporarily_unavailable;
+    an unapproved dynamic client ⇒ 503 page (the approval cannot be checked: no redirect)."""
+    cid = _register(srv, [LOOPBACK])
+    real_get = srv.storage.get
+
+    def get(kind: str, key: str) -> Any:
+        if kind == "consent":
+            raise StorageUnavailable("down")
+        return real_get(kind, key)
+
+    monkeypatch.setattr(srv.storage, "get", get)
+    back = _error_redirect(_get(srv, _params()))
+    assert back["error"] == ["temporarily_unavailable"] and back["state"] == ["xyz"]
+    _assert_page(_get(srv, _params(client_id=cid)), 503)
+    _assert_page(_get(srv, _params(client_id=cid, response_type="token")))
 
 
 # -- unit level -----------------------------------------------------------------------------------

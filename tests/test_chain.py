@@ -540,6 +540,59 @@ def test_mixup_later_leg_state_with_other_providers_iss(
     assert _all_upstream_keys(srv) == 0
 
 
+def _github_sends_iss(gh: FakeGitHub, iss: str) -> None:
+    """Make the plain OAuth2 fake put ``iss`` in its authorization responses."""
+    original = gh._redirect_back
+
+    def with_iss(redirect_uri: str, params: Any) -> Any:
+        return original(redirect_uri, {**params, "iss": iss})
+
+    gh._redirect_back = with_iss  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("foreign", ["corp", "partner", "self"])
+def test_mixup_oauth2_leg_with_another_upstreams_iss(
+        srv: ASServer, idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub], foreign: str) -> None:
+    """GitHub (plain OAuth2, issuer unknown) answering with the ``iss`` of another configured
+    upstream, or of this AS: a mix-up — rejected before any token call, leg-1/2 tokens cleaned up."""
+    corp, partner, gh = idps
+    _github_sends_iss(gh, {"corp": corp.issuer, "partner": partner.issuer, "self": srv.url}[foreign])
+    flow = _login(srv)
+    assert flow.reached_client and flow.error == "access_denied" and "code" not in flow.params
+    assert flow.params["state"] == [flow.state] and flow.params["iss"] == [srv.url]
+    assert corp.code_exchanges == 1 and partner.code_exchanges == 1 and gh.code_exchanges == 0
+    assert _all_upstream_keys(srv) == 0
+
+
+def test_oauth2_leg_with_unrelated_iss_still_accepted(
+        srv: ASServer, idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub]) -> None:
+    """Without a configured issuer an ``iss`` that names no known server cannot be judged: the
+    leg proceeds (RFC 9207 §2.4 compares only against a known issuer)."""
+    _github_sends_iss(idps[2], "https://unrelated.example")
+    flow = _login(srv)
+    assert flow.reached_client and "code" in flow.params
+
+
+@pytest.mark.parametrize(("sent", "ok"), [("configured", True), (None, True),
+                                          ("configured/", False), ("other", False)])
+def test_oauth2_configured_issuer_compared_exactly(
+        idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub], sent: str | None, ok: bool) -> None:
+    corp, _partner, gh = idps
+    configured = gh.url + "/login/oauth"
+    entries = [corp.upstream_entry("corp"), gh.upstream_entry("github", issuer=configured)]
+    if sent is not None:
+        _github_sends_iss(gh, {"configured": configured, "configured/": configured + "/",
+                               "other": "https://unrelated.example"}[sent])
+    with serve_as(entries, "memory://") as server:
+        flow = _login(server)
+        assert flow.reached_client
+        if ok:
+            assert "code" in flow.params and gh.code_exchanges == 1
+        else:
+            assert flow.error == "access_denied" and gh.code_exchanges == 0
+            assert _all_upstream_keys(server) == 0
+
+
 def test_identity_mismatch_at_last_leg_fails(srv: ASServer,
                                              idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub],
                                              monkeypatch: pytest.MonkeyPatch) -> None:

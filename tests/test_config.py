@@ -390,6 +390,22 @@ def test_v05_oidc_issuer_not_canonical() -> None:
     assert "slash" in only(mode_b(corp(issuer="https://login.corp.example/")), "V-05")
 
 
+def test_v05_oauth2_issuer_optional_and_kept() -> None:
+    settings, _ = parse_settings(mode_b(corp(), github()))
+    assert settings.upstreams[1].issuer is None
+    for issuer in ("https://github.com/login/oauth", "https://as.example/", "http://127.0.0.1:8080"):
+        settings, _ = parse_settings(mode_b(corp(), github(issuer=issuer)))
+        assert settings.upstreams[1].issuer == issuer  # kept exactly: compared as a string
+
+
+@pytest.mark.parametrize("issuer", ["github.com", "http://github.com", "https://as.example/?x=1",
+                                    "https://as.example/#f", "https://u:p@as.example", 5, ["https://a"],
+                                    ""])
+def test_v05_oauth2_issuer_must_be_a_url(issuer: Any) -> None:
+    [(rule, key, message)] = problems(mode_b(corp(), github(issuer=issuer)))
+    assert (rule, key) == ("V-05", "MCP_AUTH_UPSTREAMS[github]") and "issuer" in message
+
+
 @pytest.mark.parametrize("name", ["Corp", "corp_1", "-corp", "corp-", "", 7])
 def test_v05_bad_upstream_name(name: Any) -> None:
     assert "invalid" in only(mode_b(corp(name=name)), "V-05")

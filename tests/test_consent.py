@@ -292,3 +292,18 @@ def test_flask_session_server_side(idps: tuple[FakeOIDC, FakeGitHub], redis_url:
             assert Browser().request("GET", callback).status_code == 400
     finally:
         client.close()
+
+
+def test_lone_surrogate_name_cannot_reach_the_consent_page(srv: ASServer) -> None:
+    """Reviewer's repro: a client name with a lone surrogate used to be stored and then made the
+    consent page a 500 (it cannot be encoded as UTF-8). It is refused at registration; a valid
+    non-ASCII name renders."""
+    bad = requests.post(f"{srv.url}/oauth/register", timeout=10,
+                        data='{"redirect_uris":["http://127.0.0.1/callback"],"client_name":"\\udcff"}',
+                        headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_client_metadata"
+    good = requests.post(f"{srv.url}/oauth/register", timeout=10, json={
+        "redirect_uris": ["http://127.0.0.1/callback"], "client_name": "Zoë app 😀 日本"})
+    assert good.status_code == 201, good.text
+    page, _fields = _open_consent(srv, Browser(), client_id=good.json()["client_id"])
+    assert page.status_code == 200 and "Zoë app 😀 日本" in page.text

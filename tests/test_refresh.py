@@ -235,8 +235,12 @@ class CountingClient:
         return self.result
 
 
-def _vault() -> tuple[MemoryStorage, TokenVault]:
+def _vault(*, live: bool = True) -> tuple[MemoryStorage, TokenVault]:
+    """A store with session ``sid`` completed (``live``): a refreshed row is written only for a
+    session that has metadata."""
     store = MemoryStorage()
+    if live:
+        store.set_session("sid", owner="u", ttl=600, complete=True)
     return store, TokenVault(store, Cipher([os.urandom(32)]))
 
 
@@ -327,3 +331,16 @@ def test_followers_get_their_own_errors() -> None:
                for e in errors)
     assert len({id(e) for e in errors}) == 5
     assert client.calls == 1
+
+
+def test_refresh_for_a_session_without_metadata_is_discarded() -> None:
+    """A session whose metadata is gone (ended or expired) is not live: the refreshed token is not
+    written back (no row resurrected with a fresh TTL), and the caller gets a refusal."""
+    store, vault = _vault(live=False)
+    vault.save("sid", OLD, 600)
+    client = CountingClient(NEW)
+    refresher = Refresher(store, vault, {"corp": client}, ttl=600)  # type: ignore[dict-item]
+    with pytest.raises(UpstreamRejected):
+        refresher.refresh("sid", OLD)
+    assert client.calls == 1
+    assert vault.decode_all("sid", store.load_session("sid").tokens) == {"corp": OLD}  # untouched

@@ -354,3 +354,91 @@ def test_match_redirect_uri_exact_and_loopback_ports() -> None:
                 "http://localhost:5/cb", "http://localhost:5/cb?x=2", "https://127.0.0.1:5/cb",
                 "http://[::1]:5/cb#x", "http://u@127.0.0.1:5/cb", "http://127.0.0.1:bad/cb"):
         assert not client.match_redirect_uri(bad), bad
+
+
+# -- odd JSON types and invalid Unicode in every accepted field (no 500, nothing stored) -----------
+_URIS = ["http://127.0.0.1/cb"]
+_STRING_FIELDS = ["token_endpoint_auth_method", "scope", "client_name", "software_id",
+                  "software_version", "client_uri", "logo_uri", "policy_uri", "tos_uri", "jwks_uri"]
+_LIST_FIELDS = ["redirect_uris", "grant_types", "response_types", "contacts"]
+_NOT_A_STRING: list[Any] = [5, 2.5, True, False, [], ["none"], [["x"]], {}, {"a": "b"}]
+_NOT_A_STRING_LIST: list[Any] = [5, True, "http://127.0.0.1/cb", "authorization_code", {},
+                                 {"a": "b"}, [5], [None], [True], [["x"]], [{}], [{"a": "b"}]]
+_ODD_JWKS: list[Any] = [
+    5, "x", [], True, {}, {"keys": 5}, {"keys": "x"}, {"keys": {}}, {"keys": [[]]}, {"keys": [5]},
+    {"keys": [None]}, {"keys": [{"kty": ["RSA"]}]}, {"keys": [{"kty": {"a": 1}}]},
+    {"keys": [{"kty": "RSA", "n": 5, "e": "AQAB"}]}, {"keys": [{"kty": "RSA", "n": ["x"], "e": "AQAB"}]},
+    {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "kid": {}}]},
+    {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "x5c": "MII"}]},
+    {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "key_ops": [1]}]},
+    {"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}] * 11},
+]
+_ODD_CASES = (
+    [(name, value) for name in _STRING_FIELDS for value in _NOT_A_STRING]
+    + [(name, value) for name in _LIST_FIELDS for value in _NOT_A_STRING_LIST]
+    + [("jwks", value) for value in _ODD_JWKS]
+)
+
+
+@pytest.mark.parametrize(("name", "value"), _ODD_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _v) in enumerate(_ODD_CASES)])
+def test_rg04_odd_json_types_rejected(name: str, value: Any) -> None:
+    app = make_app()
+    body = {"redirect_uris": _URIS, name: value}
+    error = "invalid_redirect_uri" if name == "redirect_uris" else "invalid_client_metadata"
+    assert_rejected(app, body, error)
+
+
+def test_odd_types_never_500_through_http(store_url: str) -> None:
+    """The reviewer's bodies, raw over the endpoint, on both backends."""
+    app = make_app(store_url)
+    client = app.test_client()
+    for body in ('{"redirect_uris":["http://127.0.0.1/cb"],"token_endpoint_auth_method":{}}',
+                 '{"redirect_uris":["http://127.0.0.1/cb"],"token_endpoint_auth_method":["none"]}',
+                 '{"redirect_uris":["http://127.0.0.1/cb"],"jwks":{"keys":[{"kty":["RSA"]}]}}',
+                 '[]', 'null', '"x"', '{"redirect_uris":[null]}'):
+        resp = client.post("/oauth/register", data=body, content_type="application/json")
+        assert resp.status_code == 400, (body, resp.status_code)
+        assert resp.get_json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+    assert stored_clients(app) == []
+
+
+def test_jwks_registered_members_typed_others_kept() -> None:
+    app = make_app()
+    key = {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+           "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", "key_ops": ["verify"], "ext": True,
+           "x5c": ["MIIB"]}
+    resp = post(app, {"redirect_uris": _URIS, "jwks": {"keys": [key], "note": [1, 2]}})
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["jwks"] == {"keys": [key]}
+
+
+_SURROGATE = "\udcff"
+_SURROGATE_CASES: list[tuple[str, Any]] = [
+    ("client_name", _SURROGATE), ("client_name", "ok" + _SURROGATE + "ok"),
+    ("software_id", _SURROGATE), ("software_version", "\ud800"),
+    ("contacts", ["a@example.com", _SURROGATE]),
+    ("redirect_uris", ["http://127.0.0.1/cb" + _SURROGATE]),
+    ("client_uri", "https://c.example/" + _SURROGATE),
+    ("jwks", {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "kid": _SURROGATE}]}),
+    ("jwks", {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "x-note": {_SURROGATE: 1}}]}),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _SURROGATE_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _v) in enumerate(_SURROGATE_CASES)])
+def test_lone_surrogates_rejected(store_url: str, name: str, value: Any) -> None:
+    """JSON escapes allow lone surrogates; they cannot be encoded as UTF-8 and used to make the
+    consent page a 500. The body is sent as raw JSON text, as a client would."""
+    app = make_app(store_url)
+    body = {"redirect_uris": _URIS, name: value}
+    raw = json.dumps(body)  # ensure_ascii: "\udcff" travels as an escape
+    assert "\\udcff" in raw or "\\ud800" in raw
+    assert_rejected(app, None, "invalid_client_metadata", data=raw, content_type="application/json")
+
+
+def test_valid_non_ascii_text_accepted() -> None:
+    app = make_app()
+    resp = post(app, {"redirect_uris": _URIS, "client_name": "Zoë app 😀 日本", "contacts": ["zoë@example.com"]})
+    assert resp.status_code == 201
+    assert resp.get_json()["client_name"] == "Zoë app 😀 日本"

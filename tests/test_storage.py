@@ -320,7 +320,11 @@ def test_put_refreshed_token_never_outlives_its_session(backend: Backend) -> Non
         assert backend.raw.pttl(f"{PREFIX}upstream:idx:short") > 0
     s.set_session("long", "u", ttl=600, complete=True)
     assert s.put_refreshed_token("long", "a", "L", ttl=1) is True  # ttl still bounds the row
-    assert s.put_refreshed_token("nometa", "a", "N", ttl=600) is True  # unknown session: ttl
+    assert s.put_refreshed_token("nometa", "a", "N", ttl=600) is False  # no metadata: not live
+    assert dict(s.load_session("nometa").tokens) == {}
+    s.put_upstream_token("ended", "a", "E", ttl=600)  # a row left over, metadata gone
+    assert s.put_refreshed_token("ended", "a", "E2", ttl=600) is False
+    assert dict(s.load_session("ended").tokens) == {"a": "E"}  # untouched, not rewritten
     s.revoke_session("gone", ttl=600)
     assert s.put_refreshed_token("gone", "a", "G", ttl=600) is False  # revoked: nothing comes back
     assert dict(s.load_session("gone").tokens) == {}
@@ -328,9 +332,10 @@ def test_put_refreshed_token_never_outlives_its_session(backend: Backend) -> Non
     short = s.load_session("short")
     assert (short.owner, dict(short.tokens)) == (None, {})
     assert dict(s.load_session("long").tokens) == {}
-    assert dict(s.load_session("nometa").tokens) == {"a": "N"}
+    assert dict(s.load_session("nometa").tokens) == {}
     if backend.raw is not None:
-        assert backend.raw.exists(f"{PREFIX}upstream:idx:short", f"{PREFIX}upstream:gone:a") == 0
+        assert backend.raw.exists(f"{PREFIX}upstream:idx:short", f"{PREFIX}upstream:gone:a",
+                                  f"{PREFIX}upstream:nometa:a", f"{PREFIX}upstream:idx:nometa") == 0
     with pytest.raises(ValueError):
         s.put_refreshed_token("a:b", "a", "x", ttl=60)
     with pytest.raises(ValueError):

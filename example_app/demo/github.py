@@ -6,11 +6,17 @@ form-encoded unless the request says ``Accept: application/json``, reports error
 ``bad_verification_code`` with HTTP 200, issues no refresh tokens and no expiry, and has numeric user
 ids. PKCE S256 is required (GitHub accepts it; the AS always sends it).
 
+Fault knob (off by default; only ``bench/faults.py`` turns it on): ``token_failure_rate`` makes that
+share of token calls answer HTTP 500 with an HTML page, before the code is looked at, so the code
+stays redeemable and a retrying client would be seen. ``injected_failures`` lists the demo user of
+each code that got a 500 (``None`` for an unknown code).
+
 API: ``/user`` and ``/user/repos`` need ``Authorization: Bearer <token>`` (or ``token <token>``).
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
 import time
@@ -30,7 +36,8 @@ _REPO_NAMES = ("dotfiles", "notes", "mcp-experiments")
 class GitHubLike:
     """The demo provider at ``base_url``; ``.app`` is its Flask app."""
 
-    def __init__(self, base_url: str, *, code_ttl: int = 600) -> None:
+    def __init__(self, base_url: str, *, code_ttl: int = 600, token_failure_rate: float = 0.0,
+                 failure_seed: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.code_ttl = code_ttl
         self.clients: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -38,6 +45,8 @@ class GitHubLike:
         self._lock = threading.Lock()
         self._codes: dict[str, dict[str, Any]] = {}
         self._tokens: dict[str, tuple[DemoUser, str]] = {}
+        self.injected_failures: list[str | None] = []
+        self.inject_token_failures(token_failure_rate, seed=failure_seed)
         self.app = self._build_app()
 
     @property
@@ -54,6 +63,26 @@ class GitHubLike:
 
     def register_client(self, client_id: str, client_secret: str, redirect_uris: list[str]) -> None:
         self.clients[client_id] = (client_secret, tuple(redirect_uris))
+
+    def inject_token_failures(self, rate: float, *, seed: int | None = None) -> None:
+        """Answer ``rate`` (0 … 1) of the token calls from now on with HTTP 500 (0 turns it off)."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        with self._lock:
+            self.token_failure_rate = rate
+            # Picks which calls fail (fault injection, not security): seeded for repeatable runs.
+            self._failure_rng = random.Random(seed)  # noqa: S311
+
+    def _inject_failure(self) -> Response | None:
+        """The injected 500 for this token call, or ``None``; records whose code it was."""
+        with self._lock:
+            if self.token_failure_rate <= 0 or self._failure_rng.random() >= self.token_failure_rate:
+                return None
+            record = self._codes.get(request.form.get("code", ""))  # peek: the code stays valid
+            self.injected_failures.append(record["user"].username if record else None)
+        self.counters.incr("injected_failures")
+        return Response("<html><body><h1>500 Internal Server Error</h1></body></html>", status=500,
+                        mimetype="text/html")
 
     @staticmethod
     def repos_of(user: DemoUser) -> list[dict[str, Any]]:
@@ -117,6 +146,9 @@ class GitHubLike:
         @app.post("/login/oauth/access_token")
         def access_token() -> Response:
             self.counters.incr("code_exchanges")
+            failure = self._inject_failure()
+            if failure is not None:
+                return failure
             client = self.clients.get(request.form.get("client_id", ""))
             if client is None or not secret_matches(request.form.get("client_secret"), client[0]):
                 return self._answer({"error": "incorrect_client_credentials"})

@@ -14,7 +14,8 @@ access token):
 
 An STS error body yields :class:`~flask_mcp_auth.errors.TokenExchangeError` carrying only the OAuth
 ``error`` code (sanitised); anything unusable (HTML, garbage, oversize, timeout, connection error)
-yields ``server_error`` / ``temporarily_unavailable``. The STS body is never logged or echoed.
+yields ``server_error`` / ``temporarily_unavailable``. The STS body is never logged or echoed. Each
+call is bounded by ``timeout`` seconds in total (connect, headers and body: ``_http.fetch``).
 
 Caching (SPEC §6): results are kept per (backend, user subject, SHA-256 of the subject token) until
 30 s before ``expires_in`` and never beyond the subject token's own expiry; concurrent misses for one
@@ -39,6 +40,7 @@ from urllib.parse import quote_plus
 
 import requests
 
+from .._http import HTTPFailure, fetch
 from ..config import TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 from ..errors import TokenExchangeError
 
@@ -170,28 +172,14 @@ class TokenExchangeClient:
 
     def exchange(self, req: ExchangeRequest) -> ExchangeResult:
         try:
-            resp = self.http.post(
-                req.token_url,
-                data=req.form(),
-                headers=req.headers(),
-                verify=self.verify,
-                timeout=self.timeout,
-                allow_redirects=False,  # a token endpoint that redirects is misconfigured
-                stream=True,
-            )
-        except (requests.Timeout, requests.ConnectionError):
-            raise _fail("temporarily_unavailable", req.backend) from None
-        except requests.RequestException:
-            raise _fail("server_error", req.backend) from None
-        try:
-            body = resp.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-        except Exception:
-            raise _fail("temporarily_unavailable", req.backend) from None
-        finally:
-            resp.close()
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise _fail("server_error", req.backend)
-        return self._parse(req, resp.status_code, body)
+            # allow_redirects=False inside fetch: a token endpoint that redirects is misconfigured
+            reply = fetch(self.http, "POST", req.token_url, data=req.form(), headers=req.headers(),
+                          verify=self.verify, timeout=self.timeout, max_body=MAX_RESPONSE_BYTES)
+        except HTTPFailure as exc:
+            transient = exc.reason in ("timeout", "connection_error")
+            code = "temporarily_unavailable" if transient else "server_error"
+            raise _fail(code, req.backend) from None
+        return self._parse(req, reply.status, reply.body)
 
     @staticmethod
     def _parse(req: ExchangeRequest, status: int, body: bytes) -> ExchangeResult:

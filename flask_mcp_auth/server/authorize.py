@@ -7,7 +7,10 @@ upstream is contacted:
 * ``client_id`` and ``redirect_uri`` first — if either is wrong there is no trustworthy place to send
   an error, so the browser gets a 400 page and is never redirected (AZ-01, AZ-02, AZ-05);
 * then every other problem is a **303** to the client's redirect URI with ``error``, ``state`` and
-  ``iss`` (RFC 9207), each exactly once (AZ-07…AZ-14, AZ-20).
+  ``iss`` (RFC 9207), each exactly once (AZ-07…AZ-14, AZ-20) — but only for a pre-registered client or
+  a dynamically registered one this browser already approved at consent. Anyone can register a
+  client whose redirect URI is a phishing page, so for any other dynamic client the error is a 400
+  page instead: no automatic redirect to an address nobody vouched for (RFC 9700 §4.11.2, SPEC §8).
 
 Parameters are read from the raw query string so that ``state`` can be echoed byte-for-byte (AZ-13),
 and so a parameter given twice is an error (RFC 6749 §3.1). Empty parameters count as absent.
@@ -70,19 +73,32 @@ _MESSAGES = {
     "bad_action": "Choose Allow or Deny.",
     "storage": "The service is temporarily unavailable. Try again shortly.",
     "no_secret_key": "The server is misconfigured (no session secret).",
+    # authorization-request errors shown as a page (dynamic client this browser has not approved)
+    "missing_response_type": "The application's sign-in request has no response_type.",
+    "response_type": "The application asked for an unsupported response_type (only code).",
+    "missing_or_oversized_state": "The application's sign-in request has no usable state.",
+    "missing_code_challenge": "The application's sign-in request has no PKCE code_challenge.",
+    "code_challenge_method": "The application's sign-in request must use code_challenge_method S256.",
+    "malformed_code_challenge": "The application's PKCE code_challenge is malformed.",
+    "nonce": "The application's nonce is too long.",
+    "scope": "The application asked for a scope it is not registered for.",
+    "several_resources": "The application asked for more than one resource.",
+    "resource": "The application asked for a resource this server does not serve.",
 }
 
 
 class AuthorizeRejected(Exception):
-    """A rejected authorization request. ``redirect_uri`` ``None`` ⇒ 400 page, else 303 to it."""
+    """A rejected authorization request. ``redirect_uri`` ``None`` ⇒ 400 page, else 303 to it
+    (when ``client`` may receive error redirects, see :meth:`ChainViews.authorize`)."""
 
     def __init__(self, error: str, reason: str, *, redirect_uri: str | None = None,
-                 state: str | None = None) -> None:
+                 state: str | None = None, client: Client | None = None) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
         self.redirect_uri = redirect_uri
         self.state = state
+        self.client = client
 
 
 class _Duplicate(Exception):
@@ -154,7 +170,8 @@ def validate_authorize(params: Mapping[str, list[bytes]], registry: ClientRegist
         state = quote_from_bytes(states[0], safe="")
 
     def reject(error: str, reason: str) -> AuthorizeRejected:
-        return AuthorizeRejected(error, reason, redirect_uri=redirect_uri, state=state)
+        return AuthorizeRejected(error, reason, redirect_uri=redirect_uri, state=state,
+                                 client=client)
 
     if len(states) > 1:
         raise reject("invalid_request", "duplicate_parameter")
@@ -290,6 +307,26 @@ class ChainViews:
                                   self.runtime.settings.issuer)
         return redirect_to(url, 303)
 
+    def _may_redirect_errors(self, client: Client) -> bool:
+        """Whether an authorize error may be sent to ``client``'s redirect URI without user action.
+
+        Pre-registered clients: yes (the operator vouched for their URIs). Dynamically registered
+        ones only once this browser approved them at consent: otherwise anyone could register
+        ``https://evil.example/phish`` and use ``/oauth/authorize`` as an open redirector
+        (RFC 9700 §4.11.2). The browser id is only read here, never created.
+        """
+        if not client.dynamic:
+            return True
+        browser = session.get(BROWSER_KEY)
+        if not isinstance(browser, str) or len(browser) < 32:
+            return False
+        try:
+            return self.consent.approved(browser, client.client_id)
+        except StorageError:
+            logger.warning("authorize: storage unavailable while checking approval of client %s",
+                           client.client_id)
+            return False  # fail closed: a page, not a redirect
+
     @staticmethod
     def _session_ready() -> bool:
         # Flask hands out a NullSession (which refuses writes) when the app has no SECRET_KEY.
@@ -324,6 +361,10 @@ class ChainViews:
             logger.info("authorize rejected: %s", rejected.reason)
             if rejected.redirect_uri is None:
                 return error_page(400, rejected.error, rejected.reason)
+            if rejected.client is not None and not self._may_redirect_errors(rejected.client):
+                logger.info("authorize: error for unapproved dynamic client %s shown as a page",
+                            rejected.client.client_id)
+                return error_page(400, rejected.error, rejected.reason)
             return self._client_error(rejected.redirect_uri, rejected.state, rejected.error)
         except StorageError:
             logger.warning("authorize: storage unavailable while looking up the client")
@@ -339,6 +380,8 @@ class ChainViews:
                 return redirect_to(url_for("mcp_auth.consent", request=request_id), 302)
         except StorageError:
             logger.warning("authorize: storage unavailable (client %s)", client.client_id)
+            if not self._may_redirect_errors(client):
+                return error_page(503, "temporarily_unavailable", "storage")
             return self._client_error(req.redirect_uri, req.state, "temporarily_unavailable")
         return self._start(req)
 

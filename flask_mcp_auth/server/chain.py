@@ -354,6 +354,14 @@ class ChainService:
             logger.warning("chain %s: upstream %s authorization response has a wrong or missing iss",
                            cid, provider)
             raise _ChainFailure("access_denied", "iss_mismatch")
+        # A provider whose issuer we do not know (plain OAuth2 without ``issuer``) cannot have its
+        # ``iss`` compared, but an ``iss`` naming ANOTHER upstream (or us) is a mix-up all the same:
+        # the response came from, or was made to look like it came from, the wrong server
+        # (RFC 9207 §2.4, RFC 9700 §4.4).
+        if iss is not None and expected_iss is None and iss in self._foreign_issuers(provider):
+            logger.warning("chain %s: upstream %s authorization response carries another server's iss",
+                           cid, provider)
+            raise _ChainFailure("access_denied", "iss_mismatch")
 
         code = params.get("code") or ""
         try:
@@ -403,6 +411,16 @@ class ChainService:
             logger.error("chain %s: leg %d (%s) failed (%s)", cid, leg + 1, provider,
                          type(exc).__name__)
             raise _ChainFailure("server_error", "leg_failed") from None
+
+    def _foreign_issuers(self, provider: str) -> set[str]:
+        """Issuers of every other configured upstream, and this AS's own."""
+        found = {self.settings.issuer}
+        for name, client in self.upstreams.items():
+            if name != provider:
+                issuer, _required = _upstream_issuer(client)
+                if issuer is not None:
+                    found.add(issuer)
+        return found
 
     def _user_after_leg(self, record: Mapping[str, Any], provider: str,
                         result: LegResult) -> dict[str, Any]:
@@ -508,7 +526,9 @@ class ChainService:
 def _upstream_issuer(client: UpstreamClient) -> tuple[str | None, bool]:
     """(issuer to compare a callback ``iss`` with, whether ``iss`` is required — RFC 9207 §2.4).
 
-    OIDC clients know their issuer from configuration; whether the provider advertised
+    OIDC clients know their issuer from configuration, plain OAuth2 ones only when their entry sets
+    the optional ``issuer`` (then an ``iss`` is compared when present, never required); whether the
+    provider advertised
     ``authorization_response_iss_parameter_supported`` comes from its discovery document, which the
     upstream client exposes as ``metadata`` (a mapping) or ``iss_parameter_supported``.
     """

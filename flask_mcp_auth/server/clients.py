@@ -61,6 +61,11 @@ _URI_FIELDS = ("client_uri", "logo_uri", "policy_uri", "tos_uri", "jwks_uri")
 _TEXT_FIELDS = ("client_name", "software_id", "software_version")
 # JWK members that only private or symmetric keys have (RFC 7518 §6.2.2, §6.3.2, §6.4.1; RFC 8037).
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# Registered JWK members and their types (RFC 7517 §4, RFC 7518 §6.2.1/§6.3.1, RFC 8037 §2).
+_JWK_ARRAY_MEMBERS = frozenset({"key_ops", "x5c"})
+_JWK_STRING_MEMBERS = frozenset({"kty", "use", "alg", "kid", "x5u", "x5t", "x5t#S256", "n", "e", "crv",
+                                 "x", "y"})
+_MAX_JWKS_KEYS = 10
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,46 @@ def _https_url_problem(value: Any) -> str | None:
 
 
 def _check_jwks(jwks: Any) -> None:
-    """Public keys only (RG-08): no private members, no symmetric ``oct`` keys."""
+    """Public keys only (RG-08): no private members, no symmetric ``oct`` keys. The registered JWK
+    members have their RFC 7517 §4 / RFC 7518 §6 types (strings; ``key_ops`` and ``x5c`` arrays of
+    strings); other members are kept as given (e.g. WebCrypto's boolean ``ext``)."""
     if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
         raise InvalidClientMetadata("jwks must be a JWK Set object with a keys array.")
+    if len(jwks["keys"]) > _MAX_JWKS_KEYS:
+        raise InvalidClientMetadata(f"jwks may hold at most {_MAX_JWKS_KEYS} keys.")
     for key in jwks["keys"]:
         if not isinstance(key, Mapping) or key.get("kty") not in ("RSA", "EC", "OKP"):
             raise InvalidClientMetadata("jwks may only hold RSA, EC or OKP public keys.")
         if _PRIVATE_JWK_MEMBERS & set(key):
             raise InvalidClientMetadata("jwks must not contain private key material.")
+        for name in _JWK_STRING_MEMBERS & set(key):
+            if not isinstance(key[name], str):
+                raise InvalidClientMetadata(f"jwks key member {name} must be a string.")
+        for name in _JWK_ARRAY_MEMBERS & set(key):
+            value = key[name]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InvalidClientMetadata(f"jwks key member {name} must be an array of strings.")
+
+
+def _not_utf8(value: Any) -> bool:
+    """Whether any string in ``value`` (nested lists/objects, keys included) cannot be encoded as
+    UTF-8 — a lone surrogate such as ``"\\udcff"``, which JSON escapes allow. Such a string would
+    break every later render (the consent page) or storage write. Iterative: ``value`` may be deep.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _str_list(value: Any, name: str, error: type[OAuthError] = InvalidClientMetadata) -> list[str]:
@@ -333,8 +370,10 @@ class ClientRegistry:
     def _validate(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(metadata, Mapping):
             raise InvalidClientMetadata("The registration body must be a JSON object.")
+        # Every field is type-checked before use: a list or object where a string belongs must be
+        # invalid_client_metadata, never a TypeError (unhashable in a set lookup) and a 500.
         method = metadata.get("token_endpoint_auth_method", "none")
-        if method not in _AUTH_METHODS:
+        if not isinstance(method, str) or method not in _AUTH_METHODS:
             raise InvalidClientMetadata("Unsupported token_endpoint_auth_method.")
         if method != "none" and not self.settings.confidential_registration:
             raise InvalidClientMetadata("Only public clients (token_endpoint_auth_method none) "
@@ -404,7 +443,10 @@ class ClientRegistry:
             if "jwks_uri" in metadata:
                 raise InvalidClientMetadata("Use jwks or jwks_uri, not both.")
             _check_jwks(metadata["jwks"])
-            record["jwks"] = metadata["jwks"]
+            record["jwks"] = {"keys": metadata["jwks"]["keys"]}  # other set members: not ours to keep
+        for name, value in record.items():
+            if _not_utf8(value):
+                raise InvalidClientMetadata(f"{name} contains text that is not valid Unicode.")
         return record
 
 

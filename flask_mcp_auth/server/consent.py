@@ -8,7 +8,8 @@ upstreams will be visited, and approves or denies.
 * ``MCP_AUTH_CONSENT``: ``always`` asks every time; ``once`` remembers an approval server-side
   (``("consent", digest(browser id) + client id)``) for the scopes, resource and upstreams approved;
   ``never`` skips the page only for pre-registered first-party clients — every other client is
-  treated as under ``once``.
+  treated as under ``once``. The approval record is written in every mode: it is also what lets
+  authorize errors be redirected to a dynamically registered client (:meth:`ConsentStore.approved`).
 * Pages carry ``X-Frame-Options: DENY`` and ``Content-Security-Policy: frame-ancestors 'none'``
   (RFC 9700 §4.16 clickjacking). The template ``flask_mcp_auth/consent.html`` can be overridden by
   the app (app templates take precedence over the blueprint's).
@@ -61,13 +62,22 @@ class ConsentStore:
         # The browser id is a cookie value: only its digest is used as a storage key.
         return f"{digest(browser)}:{client_id}"
 
+    def _approval(self, browser: str, client_id: str) -> dict[str, Any] | None:
+        return self.storage.get("consent", self._approval_key(browser, client_id))
+
+    def approved(self, browser: str, client_id: str) -> bool:
+        """Whether this browser ever approved ``client_id`` (any scope, in any consent mode).
+
+        Decides whether authorize errors may be redirected to a dynamically registered client."""
+        return self._approval(browser, client_id) is not None
+
     def required(self, client: Client, browser: str, request: ClientRequest) -> bool:
         mode = self.settings.consent
         if mode == "never" and client.first_party:
             return False
         if mode == "always":
             return True
-        approved = self.storage.get("consent", self._approval_key(browser, client.client_id))
+        approved = self._approval(browser, client.client_id)
         if approved is None:
             return True
         return not (
@@ -77,9 +87,9 @@ class ConsentStore:
         )
 
     def remember(self, browser: str, request: ClientRequest) -> None:
-        """Record an approval (``once``/``never`` modes); widens a previous one for the client."""
-        if self.settings.consent == "always":
-            return
+        """Record an approval; widens a previous one for the client. Written in every mode: under
+        ``always`` it never skips the page, but it still marks the client as approved by this
+        browser (:meth:`approved`)."""
         key = self._approval_key(browser, request.client_id)
         previous = self.storage.get("consent", key) or {}
         same_chain = previous.get("providers") == list(self.settings.provider_names)

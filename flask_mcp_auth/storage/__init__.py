@@ -171,8 +171,8 @@ class Storage(Protocol):
     def put_refreshed_token(self, sid: str, provider: str, blob: str, ttl: int) -> bool:
         """Like :meth:`put_upstream_token`, for a row rewritten after its session completed (an
         upstream refresh): in ONE atomic step the row gets the session metadata's remaining TTL when
-        that is shorter than ``ttl`` (a row never outlives its session), ``ttl`` when ``sid`` has no
-        metadata; nothing is written and ``False`` returned when ``sid`` is revoked."""
+        that is shorter than ``ttl`` (a row never outlives its session); nothing is written and
+        ``False`` returned when ``sid`` is revoked or has no metadata (not a live session)."""
 
     def set_session(self, sid: str, owner: str, ttl: int, *, complete: bool) -> None:
         """Write session metadata and set ``ttl`` on the metadata, the index and every token row of

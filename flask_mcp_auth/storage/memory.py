@@ -257,9 +257,9 @@ class MemoryStorage:
             now = self._now()
             if self._live(("revoked", sid), now) is not None:
                 return False
-            expires = now + ttl
-            if self._live(("session", sid), now) is not None:
-                expires = min(expires, self._data[("session", sid)][0])  # never outlive the session
+            if self._live(("session", sid), now) is None:
+                return False  # no metadata: not a live session (ended, expired or never completed)
+            expires = min(now + ttl, self._data[("session", sid)][0])  # never outlive the session
             self._put_row(sid, provider, blob, expires, now)
             return True
 

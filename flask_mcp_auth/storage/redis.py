@@ -140,11 +140,13 @@ return 1
 
 # KEYS: token row, index, session, revoked; ARGV: blob, provider, ttl ms
 # Reading the session's PTTL and writing the row in one script means no set_session, revocation or
-# expiry can slip in between: the row never outlives its session, and a revoked session gets no row.
+# expiry can slip in between: the row never outlives its session, and a revoked session, or one
+# without metadata (ended or expired: not a live session), gets no row (reply 0).
 _PUT_REFRESHED = """
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local ttl = tonumber(ARGV[3])
 local left = redis.call('PTTL', KEYS[3])
+if left == -2 then return 0 end
 if left > 0 and left < ttl then ttl = left end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('SADD', KEYS[2], ARGV[2])

@@ -12,10 +12,11 @@ Implements the client side of the authorization code grant (RFC 6749 §4.1) with
   (``invalid_expires_in``): a provider that cannot state a lifetime is not trusted with the grant. An
   absent ``expires_in`` means "unknown": ``expires_at = None`` (GitHub OAuth App tokens never expire).
 * Bodies are read with ``stream=True`` and capped at :data:`MAX_BODY` (1 MiB) ⇒ beyond it
-  :class:`UpstreamUnavailable`; timeouts, connection errors, 5xx, 429, HTML or undecodable bodies,
-  redirects and a 200 without ``access_token`` are :class:`UpstreamUnavailable` (transient).
-  ``error`` codes other than ``temporarily_unavailable``/``server_error``/``slow_down`` are
-  :class:`UpstreamRejected`.
+  :class:`UpstreamUnavailable`. Each call is bounded by ``timeout`` seconds *in total* (connect,
+  headers and body: :func:`flask_mcp_auth._http.fetch`), not per socket read. Timeouts, connection
+  errors, 5xx, 429, HTML or undecodable bodies, redirects and a 200 without ``access_token`` are
+  :class:`UpstreamUnavailable` (transient). ``error`` codes other than
+  ``temporarily_unavailable``/``server_error``/``slow_down`` are :class:`UpstreamRejected`.
 * Identity: ``GET userinfo_endpoint`` with the access token; ``userinfo_fields`` maps ``subject`` /
   ``name`` / ``email`` to lists of field names tried in order (defaults ``sub,id`` / ``name,login,
   preferred_username`` / ``email``); numbers become strings (GitHub ``"id": 12345`` ⇒ ``"12345"``).
@@ -23,28 +24,28 @@ Implements the client side of the authorization code grant (RFC 6749 §4.1) with
   random — ``tk-`` + a SHA-256 hex of 32 random bytes — and **every login is a new user**. It is never
   derived from a token.
 
-Every HTTP call goes through the shared ``requests.Session`` with ``verify=`` and ``timeout=`` passed
-explicitly (``REQUESTS_CA_BUNDLE`` would otherwise override the session's ``verify``) and never
-follows redirects. Exceptions and logs carry the provider name and a short reason code only.
+Every HTTP call goes through the shared ``requests.Session`` (via ``_http.fetch``) with ``verify=``
+and ``timeout=`` passed explicitly (``REQUESTS_CA_BUNDLE`` would otherwise override the session's
+``verify``) and never follows redirects. Exceptions and logs carry the provider name and a short
+reason code only.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import requests
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 
+from .._http import HTTPFailure, Reply, fetch
 from ..config import UpstreamConfig
 from ..storage import UpstreamToken
 from .base import LegResult, UpstreamIdentity, UpstreamRejected, UpstreamUnavailable
@@ -72,23 +73,6 @@ _KNOWN_ERRORS = frozenset({
     *_TRANSIENT_ERRORS,
 })
 _DIGITS = re.compile(r"^[0-9]{1,10}$")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A fully read (size-capped) HTTP response."""
-
-    status: int
-    content_type: str
-    body: bytes
-
-    def json_object(self) -> dict[str, Any] | None:
-        """The body as a JSON object, or ``None`` when it is not one."""
-        try:
-            value = json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
 
 
 def parse_token_body(reply: Reply) -> dict[str, Any] | None:
@@ -265,32 +249,15 @@ class OAuth2Client:
         return UpstreamUnavailable(self.name, reason)
 
     def _fetch(self, method: str, url: str, *, what: str, **kwargs: Any) -> Reply:
-        """One HTTP call, body read up to the cap. Raises UpstreamUnavailable on transport trouble."""
+        """One HTTP call, body read up to the cap, all of it within ``timeout`` seconds (``_http``).
+        Raises UpstreamUnavailable (``<what>_timeout`` / ``_connection_error`` / ``_response_too_large``)."""
         try:
-            resp = self._http.request(method, url, verify=self._verify, timeout=self._timeout,
-                                      allow_redirects=False, stream=True, **kwargs)
-        except requests.Timeout:
-            raise self._unavailable(f"{what}_timeout") from None
-        except requests.RequestException:
-            raise self._unavailable(f"{what}_connection_error") from None
-        try:
-            length = resp.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > self._max_body:
-                raise self._unavailable(f"{what}_response_too_large")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in resp.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > self._max_body:
-                    raise self._unavailable(f"{what}_response_too_large")
-                chunks.append(chunk)
-        except requests.Timeout:
-            raise self._unavailable(f"{what}_timeout") from None
-        except requests.RequestException:
-            raise self._unavailable(f"{what}_connection_error") from None
-        finally:
-            resp.close()
-        return Reply(resp.status_code, resp.headers.get("Content-Type", ""), b"".join(chunks))
+            return fetch(self._http, method, url, verify=self._verify, timeout=self._timeout,
+                         max_body=self._max_body, **kwargs)
+        except HTTPFailure as exc:
+            reason = {"timeout": "timeout", "too_large": "response_too_large"}.get(
+                exc.reason, "connection_error")
+            raise self._unavailable(f"{what}_{reason}") from None
 
     def _token_request(self, data: dict[str, str]) -> dict[str, Any]:
         """POST to this provider's own token endpoint (never another one: mix-up defence)."""

@@ -57,6 +57,8 @@ _ALG_KTY: Mapping[str, str] = {
     "ES256": "EC", "ES384": "EC", "ES512": "EC",
     "EdDSA": "OKP",
 }
+#: RFC 7518 §3.4: each ECDSA algorithm is bound to one curve.
+_EC_CURVE: Mapping[str, str] = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _AT_HASH: Mapping[str, Callable[[bytes], Any]] = {
     "256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512,
 }
@@ -76,7 +78,9 @@ def _url_ok(value: Any) -> bool:
 class JWKSCache:
     """A provider's JWKS with a refetch cooldown (unknown ``kid`` ⇒ at most one fetch per cooldown).
 
-    ``fetch`` returns the parsed JWKS document and raises ``UpstreamUnavailable`` on failure.
+    ``fetch`` returns the parsed JWKS document and raises ``UpstreamUnavailable`` on failure. The lock
+    is held across the fetch (one fetch per cooldown); ``OIDCClient._fetch`` bounds it by the upstream
+    timeout in total (``_http.fetch``), so waiters are held at most that long.
     """
 
     def __init__(self, provider: str, fetch: Callable[[], Mapping[str, Any]], *,
@@ -131,6 +135,8 @@ class JWKSCache:
                 continue
             if data.get("alg") not in (None, alg):
                 continue
+            if kty == "EC" and data.get("crv") != _EC_CURVE.get(alg):
+                continue  # ``alg`` is optional in a JWK: a P-384 key must not be tried for ES256
             if kid is not None and data.get("kid") != kid:
                 continue
             try:
@@ -252,8 +258,8 @@ class OIDCClient(OAuth2Client):
                     options={"require": ["iss", "aud", "exp", "iat", "sub"]},
                 )
                 return claims
-            except jwt.InvalidSignatureError:
-                continue
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
+                continue  # not this key: try the next candidate (ID-10)
             except jwt.ExpiredSignatureError:
                 raise self._rejected("id_token_expired") from None
             except jwt.ImmatureSignatureError:

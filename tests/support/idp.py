@@ -41,16 +41,27 @@ FakeOIDC (OpenID Connect Core + Discovery, RFC 6749, RFC 7636, RFC 9207)
       the used refresh token dies and reusing it gives ``invalid_grant``; with ``rotate_refresh=False``
       the response has no ``refresh_token`` and the old one stays valid. A refresh answers a new
       id_token (``id_token_on_refresh``) with the user's *current* claims and no nonce.
-    * id_tokens: RS256 with the current key (``kid`` in the header), ``iss``, ``aud=client_id``,
-      ``sub``, ``iat``, ``exp``, ``nonce`` (when sent), ``at_hash``, ``name``, ``email``.
+    * id_tokens: signed with the current key (``kid`` in the header), ``iss``, ``aud=client_id``,
+      ``sub``, ``iat``, ``exp``, ``nonce`` (when sent), ``at_hash`` (hash sized for the alg), ``name``,
+      ``email``. The key is RS256 unless ``signing_alg=`` (any of :data:`SIGNING_ALGS`: RS*/PS* on
+      RSA 2048, ES256/384/512 on P-256/384/521, EdDSA on Ed25519) or ``key=JwsKey(alg)`` says
+      otherwise; discovery advertises the current and published keys' algs in
+      ``id_token_signing_alg_values_supported`` (or exactly ``advertised_algs`` when set), and the
+      JWKS publishes each key's ``kty``/``crv``/``kid``/``use`` and ``alg`` (not with
+      ``jwks_with_alg=False``).
       ``id_token_overrides`` merges claims into every id_token (``REMOVE`` deletes one), and
       ``id_token_signer`` picks the signature: ``"current"`` (default), ``"foreign"`` (unpublished key,
       unknown kid), ``"foreign_same_kid"`` (unpublished key, the published kid: bad signature),
       ``"none"`` (``alg: none``), ``"hs256_secret"`` / ``"hs256_pubkey"`` (HMAC with the client secret /
-      the public key PEM), ``"no_kid"`` (current key, no kid header), ``"random_kid"`` (a fresh random
-      kid each time — for unknown-kid floods).
-    * ``rotate_keys(keep_old=False)`` makes a new signing key (new kid); the JWKS publishes it (and the
-      old one with ``keep_old``). ``jwks_extra`` adds raw JWK dicts (e.g. an unparseable one).
+      the public key PEM), ``"hs256_pubkey_raw"`` (HMAC with the bare public key bytes),
+      ``"no_kid"`` (current key, no kid header), ``"random_kid"`` (a fresh random kid each time — for
+      unknown-kid floods), ``"tampered"`` (a valid token with one signature bit flipped),
+      ``"wrong_key_type"`` (the header says the current alg and kid, the signature is by a fresh key
+      of another type: RSA for EC/OKP, P-256 for RSA). ``id_token_claims(user, …)`` gives the claims
+      unsigned, and ``JwsKey.sign(claims, kid=…, header_alg=…)`` signs with any label.
+    * ``rotate_keys(keep_old=False, alg=None)`` makes a new signing key (new kid; same alg unless
+      ``alg``); the JWKS publishes it (and the old one with ``keep_old``). ``published`` is the list
+      of published keys, ``jwks_extra`` adds raw JWK dicts after them (e.g. an unparseable one).
     * ``/userinfo``: ``Authorization: Bearer`` with an unexpired access token ⇒ the user's claims.
 
 FakeGitHub (GitHub's OAuth App web flow, as it really behaves)
@@ -101,13 +112,12 @@ import jwt
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from flask import Flask, Response, redirect, request
-from jwt.algorithms import RSAAlgorithm
 
 from tests.support.servers import ServerThread
 
-__all__ = ["REMOVE", "TOKEN_FAILURES", "FakeGitHub", "FakeOIDC", "RsaKey"]
+__all__ = ["REMOVE", "SIGNING_ALGS", "TOKEN_FAILURES", "FakeGitHub", "FakeOIDC", "JwsKey", "RsaKey"]
 
 #: Values of ``token_failure``.
 TOKEN_FAILURES = (
@@ -137,27 +147,87 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class RsaKey:
-    """An RSA signing key with a kid, its public JWK and PEMs."""
+#: JWS algorithms the fake can sign id_tokens with (RFC 7518 §3.1, RFC 8037 §3.1).
+SIGNING_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_EC_CURVES: Mapping[str, type[ec.EllipticCurve]] = {
+    "ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1,
+}
 
-    def __init__(self, kid: str | None = None) -> None:
+
+def _kty(alg: str) -> str:
+    if alg in _EC_CURVES:
+        return "EC"
+    if alg == "EdDSA":
+        return "OKP"
+    if alg in SIGNING_ALGS:
+        return "RSA"
+    raise ValueError(f"unsupported signing alg {alg!r}")
+
+
+class JwsKey:
+    """A signing key for one JWS ``alg`` (RSA 2048 for RS*/PS*, P-256/384/521 for ES*, Ed25519 for
+    EdDSA) with a kid, its public JWK and public key bytes."""
+
+    def __init__(self, alg: str = "RS256", kid: str | None = None) -> None:
+        self.alg = alg
+        self.kty = _kty(alg)
         self.kid = kid or f"k-{secrets.token_hex(6)}"
-        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.public_pem = self.private.public_key().public_bytes(
+        self.private: Any
+        if self.kty == "RSA":
+            self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif self.kty == "EC":
+            self.private = ec.generate_private_key(_EC_CURVES[alg]())
+        else:
+            self.private = ed25519.Ed25519PrivateKey.generate()
+        public = self.private.public_key()
+        self.public_pem: bytes = public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        #: the bare public key bytes (EC: the uncompressed point, OKP: the 32 raw bytes, RSA: DER)
+        self.public_raw: bytes
+        if self.kty == "EC":
+            self.public_raw = public.public_bytes(serialization.Encoding.X962,
+                                                  serialization.PublicFormat.UncompressedPoint)
+        elif self.kty == "OKP":
+            self.public_raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        else:
+            self.public_raw = public.public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def jwk(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
-        data.update(kid=self.kid, use="sig", alg="RS256")
+    def jwk(self, *, with_alg: bool = True) -> dict[str, Any]:
+        """The public JWK (``kty``, ``crv`` for EC/OKP, ``kid``, ``use``; ``alg`` unless ``with_alg=False``)."""
+        data: dict[str, Any] = dict(jwt.get_algorithm_by_name(self.alg).to_jwk(self.private.public_key(),
+                                                                                as_dict=True))
+        data.update(kid=self.kid, use="sig")
+        if with_alg:
+            data["alg"] = self.alg
         return data
 
-    def sign(self, claims: Mapping[str, Any], *, kid: str | bool | None = True) -> str:
+    def sign(self, claims: Mapping[str, Any], *, kid: str | bool | None = True,
+             header_alg: str | None = None) -> str:
+        """A JWS signed by this key with its own ``alg``; ``header_alg`` puts another ``alg`` in the header
+        (the signature stays this key's: a key-type/alg confusion token)."""
         headers: dict[str, Any] = {}
         if kid is True:
             headers["kid"] = self.kid
         elif isinstance(kid, str):
             headers["kid"] = kid
-        return jwt.encode(dict(claims), self.private, algorithm="RS256", headers=headers)
+        if header_alg is None or header_alg == self.alg:
+            return jwt.encode(dict(claims), self.private, algorithm=self.alg, headers=headers)
+        # hand-made: PyJWT signs with whatever the header's alg says, and this must not match the key
+        header = {"alg": header_alg, "typ": "JWT", **headers}
+        signing_input = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(dict(claims)).encode())
+        algorithm = jwt.get_algorithm_by_name(self.alg)
+        sig = algorithm.sign(signing_input.encode(), algorithm.prepare_key(self.private))
+        return signing_input + "." + _b64url(sig)
+
+
+class RsaKey(JwsKey):
+    """An RSA signing key (RS256 unless ``alg`` says another RS*/PS*): the original fake key."""
+
+    def __init__(self, kid: str | None = None, alg: str = "RS256") -> None:
+        if _kty(alg) != "RSA":
+            raise ValueError(f"RsaKey cannot sign {alg}")
+        super().__init__(alg, kid)
 
 
 def _hs256(claims: Mapping[str, Any], secret: bytes, kid: str | None) -> str:
@@ -168,8 +238,10 @@ def _hs256(claims: Mapping[str, Any], secret: bytes, kid: str | None) -> str:
     return signing_input + "." + _b64url(sig)
 
 
-def _at_hash(access_token: str) -> str:
-    digest = hashlib.sha256(access_token.encode()).digest()
+def _at_hash(access_token: str, alg: str = "RS256") -> str:
+    # OIDC Core §3.1.3.6: the hash of the alg's JWS hash size; EdDSA (Ed25519) uses SHA-512
+    hasher = hashlib.sha512 if alg == "EdDSA" else getattr(hashlib, f"sha{alg[-3:]}")
+    digest = hasher(access_token.encode()).digest()
     return _b64url(digest[: len(digest) // 2])
 
 
@@ -427,13 +499,18 @@ class FakeOIDC(_FakeBase):
                  client_id: str = "mcp-client", client_secret: str | None = "oidc-secret",
                  access_token_ttl: int = 3600, id_token_ttl: int = 300,
                  auth_methods: Iterable[str] = ("client_secret_basic", "client_secret_post"),
-                 key: RsaKey | None = None, slow_seconds: float = 3.0, seed: int | None = 0) -> None:
+                 key: JwsKey | None = None, signing_alg: str | None = None, slow_seconds: float = 3.0,
+                 seed: int | None = 0) -> None:
+        if key is not None and signing_alg is not None and key.alg != signing_alg:
+            raise ValueError(f"key signs {key.alg}, not {signing_alg}")
         self.access_token_ttl = access_token_ttl
         self.id_token_ttl = id_token_ttl
         self.auth_methods = set(auth_methods)
-        self.keys: list[RsaKey] = [key or RsaKey()]
-        self.published: list[RsaKey] = list(self.keys)
+        self.keys: list[JwsKey] = [key or JwsKey(signing_alg or "RS256")]
+        self.published: list[JwsKey] = list(self.keys)
         self.jwks_extra: list[dict[str, Any]] = []
+        self.jwks_with_alg = True
+        self.advertised_algs: list[str] | None = None
         self.id_token_overrides: dict[str, Any] = {}
         self.id_token_signer = "current"
         self.id_token_on_refresh = True
@@ -451,13 +528,19 @@ class FakeOIDC(_FakeBase):
         return self.url
 
     @property
-    def key(self) -> RsaKey:
+    def key(self) -> JwsKey:
         """The current signing key."""
         return self.keys[-1]
 
-    def rotate_keys(self, *, keep_old: bool = False) -> RsaKey:
-        """Sign with a new key from now on; publish it (and the old ones with ``keep_old``)."""
-        new = RsaKey()
+    @property
+    def signing_alg(self) -> str:
+        """The ``alg`` id_tokens are signed with (the current key's)."""
+        return self.key.alg
+
+    def rotate_keys(self, *, keep_old: bool = False, alg: str | None = None) -> JwsKey:
+        """Sign with a new key (of ``alg``, default the current one's) from now on; publish it (and the old
+        ones with ``keep_old``)."""
+        new = JwsKey(alg or self.key.alg)
         with self._lock:
             self.keys.append(new)
             self.published = [*self.published, new] if keep_old else [new]
@@ -506,7 +589,7 @@ class FakeOIDC(_FakeBase):
             "jwks_uri": f"{self.url}/jwks",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
+            "id_token_signing_alg_values_supported": self._advertised_algs(),
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "token_endpoint_auth_methods_supported": sorted(self.auth_methods),
             "code_challenge_methods_supported": ["S256"],
@@ -515,13 +598,20 @@ class FakeOIDC(_FakeBase):
         }
         return Response(json.dumps(doc), mimetype="application/json")
 
+    def _advertised_algs(self) -> list[str]:
+        if self.advertised_algs is not None:
+            return list(self.advertised_algs)
+        with self._lock:
+            algs = [self.key.alg] + [k.alg for k in self.published]
+        return list(dict.fromkeys(algs))
+
     def _jwks(self) -> Response:
         self._counters.incr("jwks_calls")
         failed = self._doc_failure(self.jwks_failure)
         if failed is not None:
             return failed
         with self._lock:
-            keys = [k.jwk() for k in self.published] + list(self.jwks_extra)
+            keys = [k.jwk(with_alg=self.jwks_with_alg) for k in self.published] + list(self.jwks_extra)
         return Response(json.dumps({"keys": keys}), mimetype="application/json")
 
     # -- authorize --------------------------------------------------------------------------
@@ -633,19 +723,7 @@ class FakeOIDC(_FakeBase):
     def make_id_token(self, user: str, *, nonce: str | None = None, access_token: str | None = None,
                       overrides: Mapping[str, Any] | None = None, signer: str | None = None) -> str:
         """An id_token for ``user`` as ``/token`` would make it (knobs applied; handy in unit tests)."""
-        now = int(time.time())
-        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.client_id, "iat": now,
-                                  "exp": now + self.id_token_ttl, "auth_time": now}
-        claims.update({k: v for k, v in self.users[user].items()})
-        if nonce is not None:
-            claims["nonce"] = nonce
-        if access_token is not None:
-            claims["at_hash"] = _at_hash(access_token)
-        for name, value in {**self.id_token_overrides, **(overrides or {})}.items():
-            if value is REMOVE:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
+        claims = self.id_token_claims(user, nonce=nonce, access_token=access_token, overrides=overrides)
         signer = signer or self.id_token_signer
         key = self.key
         if signer == "current":
@@ -655,16 +733,44 @@ class FakeOIDC(_FakeBase):
         if signer == "random_kid":
             return key.sign(claims, kid=f"k-{secrets.token_hex(6)}")
         if signer == "foreign":
-            return RsaKey().sign(claims)
+            return JwsKey(key.alg).sign(claims)
         if signer == "foreign_same_kid":
-            return RsaKey(kid=key.kid).sign(claims)
+            return JwsKey(key.alg, kid=key.kid).sign(claims)
+        if signer == "tampered":
+            head, body, sig = key.sign(claims).split(".")
+            raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+            raw[len(raw) // 3] ^= 0x01  # one bit, inside ECDSA's r / the RSA or Ed25519 signature
+            return f"{head}.{body}.{_b64url(bytes(raw))}"
+        if signer == "wrong_key_type":
+            other = JwsKey("ES256" if key.kty == "RSA" else "RS256")
+            return other.sign(claims, kid=key.kid, header_alg=key.alg)
         if signer == "none":
-            return jwt.encode(claims, None, algorithm="none")
+            return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
         if signer == "hs256_secret":
             return _hs256(claims, (self.client_secret or "").encode(), key.kid)
         if signer == "hs256_pubkey":
             return _hs256(claims, key.public_pem, key.kid)
+        if signer == "hs256_pubkey_raw":
+            return _hs256(claims, key.public_raw, key.kid)
         raise ValueError(f"unknown id_token_signer {signer!r}")
+
+    def id_token_claims(self, user: str, *, nonce: str | None = None, access_token: str | None = None,
+                        overrides: Mapping[str, Any] | None = None, alg: str | None = None) -> dict[str, Any]:
+        """The claims :meth:`make_id_token` signs (``at_hash`` hashed for ``alg``, default the current)."""
+        now = int(time.time())
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.client_id, "iat": now,
+                                  "exp": now + self.id_token_ttl, "auth_time": now}
+        claims.update({k: v for k, v in self.users[user].items()})
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if access_token is not None:
+            claims["at_hash"] = _at_hash(access_token, alg or self.key.alg)
+        for name, value in {**self.id_token_overrides, **(overrides or {})}.items():
+            if value is REMOVE:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return claims
 
     # -- userinfo ---------------------------------------------------------------------------
     def _userinfo(self) -> Response:
