@@ -61,7 +61,7 @@ class Reply:
         """The body as a JSON object, or ``None`` when it is not one."""
         try:
             value = json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # deeply nested JSON: not ours
             return None
         return value if isinstance(value, dict) else None
 

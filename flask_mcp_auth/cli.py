@@ -188,7 +188,10 @@ def _get_json(runtime: Runtime, url: str) -> Any:
                   verify=runtime.verify, timeout=runtime.timeout, max_body=_MAX_DOCUMENT)
     if reply.status != 200:
         raise ValueError(f"HTTP {reply.status} from {url}")
-    return json.loads(reply.body)
+    try:
+        return json.loads(reply.body)
+    except RecursionError:
+        raise ValueError(f"deeply nested JSON from {url}") from None
 
 
 def _check_external_issuer(runtime: Runtime) -> tuple[str, str, str]:

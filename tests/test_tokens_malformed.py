@@ -129,3 +129,14 @@ def test_decode_jwt_raises_invalid_token(name: str, header: bytes) -> None:
     decode: Callable[..., Any] = decode_jwt
     with pytest.raises(InvalidToken, match="malformed token"):
         decode(f"{_b64(header)}.e30.c2ln", resolve, issuer="https://i", audience="a", typ=None)
+
+
+def test_deeply_nested_json_from_upstreams_is_not_a_crash() -> None:
+    """A configured upstream/STS answering 1 000 nested arrays is treated as an unusable body."""
+    from flask_mcp_auth._http import Reply
+    from flask_mcp_auth.outgoing.exchange import jwt_expiry
+
+    nested = b"[" * 5000 + b"]" * 5000
+    assert Reply(status=200, content_type="application/json", body=nested).json_object() is None
+    segment = base64.urlsafe_b64encode(nested).rstrip(b"=").decode()
+    assert jwt_expiry(f"e30.{segment}.sig") is None

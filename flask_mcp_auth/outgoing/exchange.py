@@ -135,7 +135,7 @@ def jwt_expiry(token: str) -> float | None:
     payload = parts[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, (int, float)) and not isinstance(exp, bool):
@@ -185,7 +185,7 @@ class TokenExchangeClient:
     def _parse(req: ExchangeRequest, status: int, body: bytes) -> ExchangeResult:
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # garbage or deeply nested JSON from the STS
             doc = None
         if not isinstance(doc, dict):
             # HTML error page, empty body, garbage: transient when the STS says so, else a server error

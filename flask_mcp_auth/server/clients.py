@@ -7,6 +7,11 @@ never-used registrations first (SPEC §3.5). Client secrets are kept only as SHA
 compared digest-to-digest with :func:`hmac.compare_digest`.
 
 No Flask here: callers pass the parsed JSON body, the remote address and the credentials.
+
+Why not Authlib's RFC 7591 ``ClientRegistrationEndpoint``: it validates with its own claims classes and
+persists through a ``save_client`` hook, but we need the stricter rules of SPEC §3.5 and TESTPLAN 1.2
+(private-use schemes, no private JWK members, UTF-8 and type checks on every field), a per-address rate
+limit and a capped, evicting store with hashed secrets — so registration is written here, on Storage.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@
 * the well-known paths each document is served at (RFC 8414 §3.1 path insertion, OIDC §4 appending).
 
 Pure functions of :class:`~flask_mcp_auth.config.Settings` and :class:`~flask_mcp_auth.keys.KeySet`.
+
+Why not Authlib's ``AuthorizationServerMetadata``: it validates a document someone else publishes; ours
+is a handful of fields derived from Settings, and RFC 9728 protected-resource metadata has no Authlib
+counterpart.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@
   access token means to end the grant.
 * A token issued to another client is refused (RFC 7009 §2.1, ``invalid_grant``); an unknown, expired
   or malformed token is answered with 200 like a successful revocation (RFC 7009 §2.2).
+
+Why not Authlib's RFC 7009 ``RevocationEndpoint``: revocation here is "end the grant" — a refresh token
+or one of our access tokens revokes its whole session (family, upstream tokens, RS acceptance), which is
+an operation on our Storage rather than a per-token ``revoke_token`` model hook.
 """
 
 from __future__ import annotations

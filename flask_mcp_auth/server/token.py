@@ -17,12 +17,17 @@ theft: the whole grant is revoked. A family maps to exactly one session (``tsid`
 is ``storage.revoke_session(tsid)``: every access token carrying that ``tsid`` is refused by the RS,
 the session's upstream tokens are deleted, and no token of the family refreshes again (each refresh
 checks the session's revocation marker, which outlives every refresh token).
+
+Why not Authlib's ``AuthorizationServer``/grant classes: they assume one authorize request answered by
+one consent, and store codes and tokens through their own model mixins keyed by the plaintext values.
+Here a code is minted only at the end of a multi-leg chain, every single-use item is consumed with an
+atomic storage ``take`` keyed by a digest, a replayed code must revoke the grant it started, and refresh
+families map to sessions whose upstream tokens die with them — so the grants are written against our
+:class:`~flask_mcp_auth.storage.Storage`. Authlib still computes the PKCE S256 challenge.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 import time
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from ..config import Settings
 from ..errors import (
@@ -71,8 +77,7 @@ def verify_pkce(verifier: str | None, challenge: str, method: str) -> bool:
     """RFC 7636 §4.6 with S256 only; a verifier outside the §4.1 ABNF never matches."""
     if method != "S256" or not verifier or not _VERIFIER_RE.match(verifier):
         return False
-    computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
-    return hmac.compare_digest(computed.rstrip(b"=").decode("ascii"), challenge)
+    return hmac.compare_digest(create_s256_code_challenge(verifier), challenge)
 
 
 @dataclass(frozen=True)

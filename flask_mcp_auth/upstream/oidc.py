@@ -23,6 +23,11 @@ Implements the relying-party side of OpenID Connect Core 1.0 §3.1 (authorizatio
 Identity: subject from ``subject_claim`` (default ``sub``; numbers become strings), ``name`` from
 ``name``/``preferred_username``, ``email`` from ``email`` — or, when the upstream entry names a
 ``userinfo_endpoint``, from the UserInfo response (Core §5.3), whose ``sub`` must match the id_token's.
+
+Why not Authlib's OIDC ``CodeIDToken`` validation: it runs on ``authlib.jose``, which is deprecated, and
+gives no control over the JWKS refetch cooldown that TESTPLAN LD-04 asks for; the checks above use PyJWT
+per key with an explicit algorithm allow-list instead. Authlib still builds the authorization URLs
+(``prepare_grant_uri`` in :mod:`~flask_mcp_auth.upstream.oauth2`).
 """
 
 from __future__ import annotations
