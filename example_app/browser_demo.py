@@ -32,6 +32,7 @@ CLIENT_ID = "demo-browser"
 _SESSION_KEY = "example_demo_client"
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>flask_mcp_auth demo</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}}
 pre{{background:#f4f4f4;padding:.8rem;overflow:auto}} .err{{color:#a00}}</style></head>
 <body><h1>flask_mcp_auth demo</h1>{body}</body></html>"""
@@ -58,6 +59,8 @@ def register(app: Flask) -> None:
             "you through <b>consent</b>, then <b>three identity providers</b> in a row (corp, cloud, "
             "GitHub-like); each has a login page where you pick a demo user. Afterwards this page "
             "calls every MCP tool with the token it received.</p>"
+            "<p>With the default <code>MCP_AUTH_CONSENT=once</code> consent is asked once per browser: "
+            "signing in again goes straight to the first provider.</p>"
             '<p><a href="/demo/start">Sign in and call the tools &rarr;</a></p>')
 
     @bp.get("/demo/start")
@@ -82,8 +85,11 @@ def register(app: Flask) -> None:
         if request.args.get("iss") != issuer:
             return _page('<p class="err">Wrong or missing issuer in the response (RFC 9207).</p>', 400)
         if "error" in request.args:
-            return _page(f'<p class="err">The authorization ended with <code>{escape(request.args["error"])}'
-                         '</code>.</p><p><a href="/demo/start">Try again</a></p>')
+            why = ("You denied access at the consent page or cancelled at a provider's login page. "
+                   if request.args["error"] == "access_denied" else "")
+            return _page(f'<p class="err">{why}The authorization ended with <code>'
+                         f'{escape(request.args["error"])}</code>.</p>'
+                         '<p><a href="/demo/start">Try again</a></p>')
         try:
             answer = requests.post(f"{issuer}/oauth/token", timeout=30, data={
                 "grant_type": "authorization_code", "code": request.args.get("code", ""),

@@ -12,7 +12,6 @@ and URLs are shown with their password and query values masked.
 
 from __future__ import annotations
 
-import base64
 import difflib
 import ipaddress
 import os
@@ -23,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from ._encoding import b64url_decode
 from .errors import ConfigError, Problem
 
 __all__ = [
@@ -957,7 +957,7 @@ def _encryption_keys(config: Mapping[str, Any], mode_b: bool, out: _Collector) -
         elif isinstance(raw, (str, bytes)):
             try:
                 text = raw.decode() if isinstance(raw, bytes) else raw
-                value = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+                value = b64url_decode(text)
             except (ValueError, UnicodeDecodeError):
                 value = None
         else:

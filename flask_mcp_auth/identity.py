@@ -42,7 +42,7 @@ from .errors import (
 )
 from .keys import PublicKey
 from .storage import UpstreamToken
-from .tokens import MAX_TOKEN_LENGTH, VerifiedTokenCache, algorithms_for_key, decode_jwt
+from .tokens import MAX_TOKEN_LENGTH, VerifiedTokenCache, algorithms_for_key
 from .upstream.base import UpstreamRejected, UpstreamUnavailable
 from .upstream.refresh import Refresher
 
@@ -224,23 +224,15 @@ class ExternalVerifier:
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or :class:`InvalidToken` (``TemporarilyUnavailable`` when no key set
         could be fetched yet)."""
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("malformed token")
-        now = self.wall_clock()
-        cached = self.cache.lookup(token, now)
-        if cached is not None:
-            return cached
-        claims = decode_jwt(
+        return self.cache.verify(
             token,
             self._resolve,
+            clock=self.wall_clock,
             issuer=self.settings.issuer,
             audience=self.settings.audience,
             typ=_EXTERNAL_TYPES,
-            now=now,
             require=("exp", "iss", "aud", "sub"),
         )
-        self.cache.remember(token, claims, now)
-        return claims
 
     def _resolve(self, header: Mapping[str, Any]) -> tuple[PublicKey, tuple[str, ...]]:
         kid = header.get("kid")

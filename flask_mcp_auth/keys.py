@@ -6,7 +6,6 @@ Key objects are loaded once (at ``init_app``); nothing here parses PEM per reque
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -19,6 +18,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ._encoding import b64url_decode, b64url_encode, sha256_b64url
 
 __all__ = [
     "Cipher",
@@ -36,20 +37,12 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 _EC_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 JWK thumbprint (SHA-256, base64url) over the required members only."""
     required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
     members = {k: jwk[k] for k in required[str(jwk["kty"])]}
     canonical = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
-    return _b64(hashlib.sha256(canonical).digest())
+    return sha256_b64url(canonical)
 
 
 def generate_rsa_pem(bits: int = 2048) -> str:
@@ -139,7 +132,7 @@ class Cipher:
         for raw in keys:
             if len(raw) != 32:
                 raise ValueError("encryption keys must be 32 bytes")
-            kid = _b64(hashlib.sha256(raw).digest()[:8])
+            kid = b64url_encode(hashlib.sha256(raw).digest()[:8])
             self._keys[kid] = AESGCM(raw)
             self._order.append(kid)
         self.current_kid = self._order[0]
@@ -147,7 +140,7 @@ class Cipher:
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> str:
         nonce = os.urandom(12)
         ct = self._keys[self.current_kid].encrypt(nonce, plaintext, aad)
-        return f"v1.{self.current_kid}.{_b64(nonce + ct)}"
+        return f"v1.{self.current_kid}.{b64url_encode(nonce + ct)}"
 
     def decrypt(self, blob: str, aad: bytes = b"") -> bytes:
         try:
@@ -157,7 +150,7 @@ class Cipher:
         if version != "v1" or kid not in self._keys:
             raise DecryptionError("unknown blob version or key id")
         try:
-            raw = _b64d(body)
+            raw = b64url_decode(body)
             return self._keys[kid].decrypt(raw[:12], raw[12:], aad)
         except (InvalidTag, ValueError) as exc:
             raise DecryptionError("blob failed authentication") from exc

@@ -69,7 +69,6 @@ over real HTTP)::
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -85,6 +84,7 @@ import jwt
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from ._encoding import b64url_encode
 from .keys import SigningKey, generate_rsa_pem, load_signing_key
 from .storage import UpstreamToken
 
@@ -152,19 +152,15 @@ class _QuietHandler(WSGIRequestHandler):
         return None
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _s256(verifier: str) -> str:
     """RFC 7636 §4.2 ``S256`` challenge of ``verifier``."""
-    return _b64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
+    return b64url_encode(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
 
 
 def _at_hash(access_token: str) -> str:
     """OpenID Connect Core §3.1.3.6: left half of SHA-256 of the access token, base64url."""
     digest = hashlib.sha256(access_token.encode()).digest()
-    return _b64url(digest[: len(digest) // 2])
+    return b64url_encode(digest[: len(digest) // 2])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ only a lookup key), exact ``iss``, ``aud`` containing the audience, ``exp``/``nb
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -27,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from ._encoding import b64url_decode
 from .errors import InvalidToken
 from .keys import KeySet, PublicKey
 
@@ -88,7 +88,7 @@ def _b64json(segment: str, limit: int) -> Any:
     if len(segment) > limit:
         raise InvalidToken("malformed token")
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = b64url_decode(segment)
         return json.loads(raw)
     except Exception as exc:  # untrusted input: every parse failure is a 401, never a 500
         raise InvalidToken("malformed token") from exc
@@ -136,7 +136,7 @@ def decode_jwt(
     if alg not in allowed or alg not in _ALGORITHMS:
         raise InvalidToken("unexpected algorithm")
     try:
-        signature = base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4))
+        signature = b64url_decode(sig_b64)
         valid = _ALGORITHMS[alg].verify(f"{head_b64}.{payload_b64}".encode("ascii"), key, signature)
     except (ValueError, TypeError, binascii.Error):
         valid = False
@@ -234,6 +234,31 @@ class VerifiedTokenCache(BoundedCache[bytes, Mapping[str, Any]]):
         claims = self.get(token_digest(token), now)
         return dict(claims) if claims is not None else None
 
+    def verify(
+        self,
+        token: str,
+        resolve_key: Callable[[Mapping[str, Any]], tuple[PublicKey, Collection[str]]],
+        *,
+        clock: Callable[[], float],
+        issuer: str,
+        audience: str,
+        typ: Collection[str | None] | None,
+        require: Sequence[str],
+    ) -> dict[str, Any]:
+        """Length cap, then this cache, then :func:`decode_jwt` (whose claims are remembered): the
+        verification path shared by our tokens (Mode B) and an external issuer's (Mode A)."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("malformed token")
+        now = clock()
+        cached = self.lookup(token, now)
+        if cached is not None:
+            return cached
+        claims = decode_jwt(
+            token, resolve_key, issuer=issuer, audience=audience, typ=typ, now=now, require=require
+        )
+        self.remember(token, claims, now)
+        return claims
+
 
 class TokenService:
     """Mint and verify this AS's access tokens.
@@ -305,20 +330,12 @@ class TokenService:
         """Verify signature (local key by ``kid``), ``typ``, ``iss``, ``aud``, ``exp``/``nbf``.
 
         Tokens verified before are answered from the cache until their ``exp``."""
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("malformed token")
-        now = self.clock()
-        cached = self.cache.lookup(token, now)
-        if cached is not None:
-            return cached
-        claims = decode_jwt(
+        return self.cache.verify(
             token,
             self._resolve,
+            clock=self.clock,
             issuer=self.issuer,
             audience=self.audience,
             typ=_ACCESS_TOKEN_TYPES,
-            now=now,
             require=("exp", "iat", "iss", "aud", "sub"),
         )
-        self.cache.remember(token, claims, now)
-        return claims

@@ -33,13 +33,6 @@ CLIENTS = [
 ]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return "memory://"
-
-
 @pytest.fixture()
 def idp() -> Iterator[FakeOIDC]:
     with FakeOIDC(users=["alice"]) as fake:

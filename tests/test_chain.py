@@ -42,13 +42,6 @@ def _entries(idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub]) -> list[dict[str, Any]
             gh.upstream_entry("github")]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return "memory://"
-
-
 @pytest.fixture()
 def srv(idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub], storage_url: str) -> Iterator[ASServer]:
     with serve_as(_entries(idps), storage_url) as server:

@@ -27,13 +27,6 @@ CLIENTS = [
 _HIDDEN = re.compile(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">')
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return "memory://"
-
-
 @pytest.fixture()
 def idps() -> Iterator[tuple[FakeOIDC, FakeGitHub]]:
     with FakeOIDC(users=["alice"]) as corp, FakeGitHub(users=["octocat"]) as gh:

@@ -36,13 +36,6 @@ def sts() -> Iterator[FakeSTS]:
         yield server
 
 
-@pytest.fixture()
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    yield session
-    session.close()
-
-
 def _client(http: requests.Session, timeout: float = 5) -> TokenExchangeClient:
     return TokenExchangeClient(http, verify=True, timeout=timeout)
 

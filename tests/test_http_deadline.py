@@ -148,13 +148,6 @@ def dribble() -> Iterator[DribbleServer]:
         yield server
 
 
-@pytest.fixture()
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    yield session
-    session.close()
-
-
 def _assert_cut_short(server: DribbleServer, path: str) -> None:
     sent, total = server.sent_now()
     assert path in server.paths  # the slow answer was really being served …

@@ -34,7 +34,7 @@ import requests
 
 from tests.support.as_app import CLIENT_ID, CLIENT_REDIRECT, ASServer, Browser, Hop, pkce, serve_as
 from tests.support.idp import FakeGitHub, FakeOIDC, RsaKey
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer
 
 #: the confidential client's redirect URI (https, not loopback; nothing listens there)
 APP_REDIRECT = "https://client.example/cb"
@@ -129,13 +129,6 @@ def idps() -> Iterator[IdPs]:
 
         corp.make_id_token = recording  # type: ignore[method-assign,unused-ignore]
         yield found
-
-
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
 
 
 def _serve(idps: IdPs, storage: str) -> Any:
@@ -596,15 +589,6 @@ def test_sh04_resource_server_errors_are_clean(srv: ASServer, idps: IdPs, storag
         assert challenge.startswith("Bearer") and "resource_metadata=" in challenge, case.label
         assert set(challenge) <= {chr(c) for c in range(0x20, 0x7F)}, case.label
     bat.check()
-
-
-@pytest.fixture()
-def own_redis() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_sh04_storage_down_is_a_clean_503(idps: IdPs, own_redis: RedisServer, issued: Secrets) -> None:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -67,13 +66,6 @@ def make_app(storage: Any = "memory://", *, upstreams: list[dict[str, Any]] | No
     app.add_url_rule("/public", "public", lambda: jsonify(
         subject=current_identity.subject if current_identity else None))
     return app
-
-
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture()
@@ -548,15 +540,6 @@ def test_redis_unreachable_is_503() -> None:
     assert resp.status_code == 503
     assert resp.headers["Retry-After"]
     assert app.test_client().get("/mcp").status_code == 401  # no token: no storage needed
-
-
-@pytest.fixture()
-def own_redis() -> Iterator[Any]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_redis_stopped_then_back(own_redis: Any) -> None:

@@ -32,13 +32,6 @@ from tests.test_identity import PEM, _upstream, bearer, make_app
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture()
 def idp() -> Iterator[TokenEndpoint]:
     with TokenEndpoint() as endpoint:

@@ -21,7 +21,6 @@ from flask import Flask
 from flask_mcp_auth.keys import Cipher
 from flask_mcp_auth.storage import Storage, UpstreamToken
 from flask_mcp_auth.storage.memory import MemoryStorage
-from flask_mcp_auth.storage.redis import RedisStorage
 from flask_mcp_auth.storage.vault import TokenVault
 from flask_mcp_auth.testing import issue_token
 from flask_mcp_auth.upstream.base import UpstreamRejected
@@ -97,16 +96,6 @@ def test_refreshed_row_expires_with_a_short_session_redis(redis_url: str, idp: T
 
 
 # --- a session revoked while the upstream call runs ------------------------------------------------------
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[Storage]:
-    if request.param == "memory":
-        yield MemoryStorage()
-        return
-    backend = RedisStorage.from_url(str(request.getfixturevalue("redis_url")), prefix="t:{refresh-ttl}:")
-    yield backend
-    backend.close()
-
-
 class RevokingClient:
     """An upstream whose refresh answers only after the session was revoked elsewhere."""
 

@@ -17,13 +17,13 @@ from flask_mcp_auth.server import digest
 from flask_mcp_auth.server.blueprint import client_registry
 from flask_mcp_auth.server.clients import CLIENT_TTL, Client, ClientRegistry
 from flask_mcp_auth.storage.memory import MemoryStorage
-from tests.support.as_unit import ISSUER, RESOURCE, UPSTREAM, make_app, runtime, storage_url_for
+from tests.support.as_unit import ISSUER, RESOURCE, UPSTREAM, make_app, runtime
 from tests.support.servers import serve
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    return storage_url_for(request)
+@pytest.fixture()
+def store_url(storage_url: str) -> str:
+    return storage_url
 
 
 def stored_clients(app: Flask) -> list[str]:

@@ -24,15 +24,14 @@ from tests.support.as_unit import (
     register,
     runtime,
     signing_pem,
-    storage_url_for,
 )
 
 SECRET = "another-confidential-secret-0123456789abcdef"
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    return storage_url_for(request)
+@pytest.fixture()
+def store_url(storage_url: str) -> str:
+    return storage_url
 
 
 @pytest.fixture()

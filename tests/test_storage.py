@@ -651,3 +651,20 @@ def test_st09_prefixes_isolate_apps(redis_url: str) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_add_client_same_millisecond_keeps_creation_order(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations within one millisecond are still evicted oldest-first (no tie on the score)."""
+    import time as time_module
+
+    from flask_mcp_auth.storage.redis import RedisStorage
+
+    store = RedisStorage.from_url(redis_url, prefix="test:{tie}:")
+    frozen = time_module.time()
+    monkeypatch.setattr("flask_mcp_auth.storage.redis.time.time", lambda: frozen)
+    ids = [f"client-{n}" for n in ("z", "a", "m")]  # member order differs from creation order
+    for cid in ids:
+        assert store.add_client(cid, {"client_id": cid}, ttl=3600, cap=10) == []
+    evicted = store.add_client("client-new", {"client_id": "client-new"}, ttl=3600, cap=3)
+    assert evicted == ["client-z"]
+    store.close()

@@ -8,28 +8,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
 
-from flask_mcp_auth.storage.memory import MemoryStorage
 from flask_mcp_auth.storage.redis import RedisStorage
 
 PREFIX = "test:{h1c}:"
 THREADS = 16
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "memory":
-        yield MemoryStorage()
-        return
-    s = RedisStorage.from_url(request.getfixturevalue("redis_url"), prefix=PREFIX)
-    yield s
-    s.close()
 
 
 def _race(n: int, fn: Callable[[int], Any]) -> list[Any]:

@@ -14,13 +14,6 @@ from flask_mcp_auth.testing import issue_token
 from tests.test_identity import RESOURCE, bearer, make_app
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
-
-
 def test_issue_token_stores_upstream_tokens_under_a_fresh_session(storage_url: str) -> None:
     app = make_app(storage_url)
     runtime = app.extensions["mcp_auth"]

@@ -30,13 +30,6 @@ from tests.support.as_app import CLIENT_REDIRECT, Browser, pkce, serve_as
 CALLBACK = "http://127.0.0.1:9/cb"  # nothing listens: the mock only redirects the browser there
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture
 def oidc() -> Iterator[MockIdP]:
     with MockIdP("oidc", users=["alice", "bob"]) as idp:

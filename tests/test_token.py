@@ -31,16 +31,15 @@ from tests.support.as_unit import (
     refresh,
     register,
     runtime,
-    storage_url_for,
 )
 
 SECRET = "s3cret-of-the-confidential-client-0123456789"
 CONFIDENTIAL = {"client_id": "svc", "client_secret": SECRET, "redirect_uris": ["https://svc.example/cb"]}
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    return storage_url_for(request)
+@pytest.fixture()
+def store_url(storage_url: str) -> str:
+    return storage_url
 
 
 @pytest.fixture()

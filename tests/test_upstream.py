@@ -55,13 +55,6 @@ def _settings(entries: list[dict[str, Any]], **extra: Any) -> Settings:
 
 
 @pytest.fixture()
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    yield session
-    session.close()
-
-
-@pytest.fixture()
 def idp() -> Iterator[FakeOIDC]:
     with FakeOIDC(users=["alice", "bob"]) as fake:
         yield fake

@@ -55,13 +55,6 @@ def _settings(entry: dict[str, Any]) -> Settings:
     return settings
 
 
-@pytest.fixture()
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    yield session
-    session.close()
-
-
 @pytest.fixture(params=ALGS)
 def idp(request: pytest.FixtureRequest) -> Iterator[FakeOIDC]:
     with FakeOIDC(users=["alice"], signing_alg=request.param) as fake:

@@ -4,7 +4,6 @@ no token text in Redis, key rotation, blobs bound to their (session, provider) s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,16 +28,6 @@ GOOGLE = UpstreamToken(
     subject="110169484474386276334",
 )
 GITHUB = UpstreamToken(provider="github", access_token="gho_ACCESSgithub0123456789abcdef", subject="583231")
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "memory":
-        yield MemoryStorage()
-        return
-    s = RedisStorage.from_url(request.getfixturevalue("redis_url"), prefix=PREFIX)
-    yield s
-    s.close()
 
 
 def test_roundtrip_through_storage(store: Any) -> None:

@@ -19,9 +19,12 @@ from flask import Request
 from .users import DEMO_USERS
 
 __all__ = [
+    "NO_WAY_BACK",
+    "PICK_AGAIN",
     "Counter",
     "DemoKey",
     "client_credentials",
+    "error_page",
     "login_page",
     "pkce_matches",
     "secret_matches",
@@ -92,28 +95,55 @@ def pkce_matches(verifier: str | None, challenge: str) -> bool:
     return hmac.compare_digest(digest, challenge)
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+_STYLE = """<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
- body {{ font-family: system-ui, sans-serif; background: {bg}; margin: 0; }}
+ body {{ font-family: system-ui, sans-serif; background: {bg}; margin: 0; padding: 0 1rem; }}
  main {{ max-width: 26rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: 8px;
         box-shadow: 0 2px 12px rgba(0,0,0,.15); }}
  h1 {{ font-size: 1.3rem; margin-top: 0; }} label {{ display: block; margin: .4rem 0; }}
  .hint {{ color: #666; font-size: .85rem; }} button {{ margin: 1rem .5rem 0 0; padding: .4rem 1rem; }}
-</style></head>
+</style>"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+""" + _STYLE + """</head>
 <body><main>
 <h1>{title}</h1>
 <p>The app <b>{client}</b> wants you to sign in{scopes}.</p>
 <form method="post" action="{action}">
 {hidden}
 {choices}
-<label>or another name: <input name="other" pattern="[a-z0-9-]{{1,32}}" placeholder="carol"></label>
+<label>or another name: <input name="other" pattern="[a-z0-9](?:[a-z0-9\\-]{{0,30}}[a-z0-9])?" maxlength="32"
+ title="lowercase letters, digits and inner hyphens (up to 32)" placeholder="carol"
+ autocomplete="off" autocapitalize="none" spellcheck="false"></label>
 <button type="submit" name="decision" value="login">Sign in</button>
 <button type="submit" name="decision" value="deny">Cancel</button>
 </form>
-<p class="hint">Demo identity provider: no passwords. Pick a user.</p>
+<p class="hint">Demo identity provider: no passwords. Pick a user, or type any lowercase name.</p>
 </main></body></html>
 """
+
+_ERROR = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign-in error — {title}</title>
+""" + _STYLE + """</head>
+<body><main>
+<h1>Sign-in error</h1>
+<p class="hint">{title}</p>
+<p>{message}</p>
+<p class="hint">{hint}</p>
+</main></body></html>
+"""
+
+
+NO_WAY_BACK = "This provider cannot send you back to the app. Start again from the app."
+PICK_AGAIN = "Use the Back button and pick a listed user, or type a lowercase name."
+
+
+def error_page(*, title: str, background: str, message: str, hint: str = NO_WAY_BACK,
+               status: int = 400) -> tuple[str, int]:
+    """A login-page-styled error (the heading reads "Sign-in error"); ``message`` and ``hint`` are escaped."""
+    return _ERROR.format(title=escape(title), bg=background, message=escape(message),
+                         hint=escape(hint)), status
 
 
 def login_page(*, title: str, background: str, client: str, scopes: str, action: str,

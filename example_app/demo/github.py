@@ -25,12 +25,14 @@ from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, request
 
-from ._common import Counter, login_page, pkce_matches, secret_matches
+from ._common import PICK_AGAIN, Counter, error_page, login_page, pkce_matches, secret_matches
 from .users import DemoUser, user_for
 
 __all__ = ["GitHubLike"]
 
 _REPO_NAMES = ("dotfiles", "notes", "mcp-experiments")
+_TITLE = "Sign in to GitHub (demo)"
+_BACKGROUND = "#24292f"
 
 
 class GitHubLike:
@@ -116,7 +118,8 @@ class GitHubLike:
             client = self.clients.get(params.get("client_id", ""))
             redirect_uri = params.get("redirect_uri", "")
             if client is None or redirect_uri not in client[1]:
-                return "<h1>Sign-in error</h1><p>redirect_uri must match the registered callback.</p>", 400
+                return error_page(title=_TITLE, background=_BACKGROUND,
+                                  message="The redirect_uri must match the registered callback.")
 
             def back(**values: str) -> Response:
                 if params.get("state"):
@@ -126,7 +129,7 @@ class GitHubLike:
             if params.get("code_challenge_method") != "S256" or not params.get("code_challenge"):
                 return back(error="invalid_request")
             if request.method == "GET":
-                return Response(login_page(title="Sign in to GitHub (demo)", background="#24292f",
+                return Response(login_page(title=_TITLE, background=_BACKGROUND,
                                            client="MCP example", scopes=params.get("scope", ""),
                                            action=self.authorization_endpoint, params=params),
                                 mimetype="text/html")
@@ -134,7 +137,8 @@ class GitHubLike:
                 return back(error="access_denied")
             user = user_for(request.form.get("other") or request.form.get("username", ""))
             if user is None:
-                return "<h1>Sign-in error</h1><p>unknown user</p>", 400
+                return error_page(title=_TITLE, background=_BACKGROUND, message="Unknown user.",
+                                  hint=PICK_AGAIN)
             code = secrets.token_hex(10)
             with self._lock:
                 self._codes[code] = {"user": user, "client_id": params["client_id"],

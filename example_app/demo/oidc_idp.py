@@ -23,7 +23,16 @@ from urllib.parse import urlencode
 import jwt
 from flask import Flask, Response, jsonify, request
 
-from ._common import Counter, DemoKey, client_credentials, login_page, pkce_matches, secret_matches
+from ._common import (
+    PICK_AGAIN,
+    Counter,
+    DemoKey,
+    client_credentials,
+    error_page,
+    login_page,
+    pkce_matches,
+    secret_matches,
+)
 from .users import DemoUser, user_for
 
 __all__ = ["OIDCProvider", "RegisteredClient"]
@@ -155,7 +164,8 @@ class OIDCProvider:
                       if k not in ("username", "other", "decision")}
             problem = self._authorize_problem(params)
             if problem:  # never redirect to an unverified redirect_uri
-                return f"<h1>Sign-in error</h1><p>{problem}</p>", 400
+                return error_page(title=self.title, background=self.background,
+                                  message=f"{problem.capitalize()}.")
             redirect_uri = params["redirect_uri"]
             state = params.get("state", "")
 
@@ -179,7 +189,8 @@ class OIDCProvider:
                 return back(error="access_denied")
             user = user_for(request.form.get("other") or request.form.get("username", ""))
             if user is None:
-                return "<h1>Sign-in error</h1><p>unknown user</p>", 400
+                return error_page(title=self.title, background=self.background, message="Unknown user.",
+                                  hint=PICK_AGAIN)
             scope = params.get("scope", "openid")
             offline = "offline_access" in scope.split() and params.get("prompt") == "consent"
             code = secrets.token_urlsafe(32)

@@ -40,6 +40,7 @@ from urllib.parse import quote_plus
 
 import requests
 
+from .._encoding import b64url_decode
 from .._http import HTTPFailure, fetch
 from ..config import TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 from ..errors import TokenExchangeError
@@ -134,7 +135,7 @@ def jwt_expiry(token: str) -> float | None:
         return None
     payload = parts[1]
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(b64url_decode(payload))
     except (binascii.Error, ValueError, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None

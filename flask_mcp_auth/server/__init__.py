@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
+
+from .._encoding import sha256_b64url
 
 __all__ = ["digest", "random_token"]
 
 
 def digest(value: str) -> str:
     """SHA-256, base64url: how codes, refresh tokens and client secrets are stored and looked up."""
-    return base64.urlsafe_b64encode(hashlib.sha256(value.encode()).digest()).rstrip(b"=").decode()
+    return sha256_b64url(value.encode())
 
 
 def random_token(nbytes: int = 32) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
@@ -138,18 +138,23 @@ def _single(params: Mapping[str, list[bytes]], name: str) -> str | None:
         raise _BadEncoding(name) from None
 
 
+def _singles(params: Mapping[str, list[bytes]], names: Sequence[str],
+             fail: Callable[[str, str], AuthorizeRejected]) -> list[str | None]:
+    """:func:`_single` of each name in turn; a repeated or non-UTF-8 one raises ``fail(error, reason)``."""
+    try:
+        return [_single(params, name) for name in names]
+    except _Duplicate:
+        raise fail("invalid_request", "duplicate_parameter") from None
+    except _BadEncoding:
+        raise fail("invalid_request", "bad_encoding") from None
+
+
 def validate_authorize(params: Mapping[str, list[bytes]], registry: ClientRegistry,
                        settings: Settings) -> tuple[Client, ClientRequest]:
     """Validate an authorization request (SPEC §3.2 step 1). Raises :class:`AuthorizeRejected`, or
     :class:`~flask_mcp_auth.storage.StorageError` when the client cannot be looked up."""
     # -- client and redirect URI: errors here are never redirected ----------------------------------
-    try:
-        client_id = _single(params, "client_id")
-        redirect_uri = _single(params, "redirect_uri")
-    except _Duplicate:
-        raise AuthorizeRejected("invalid_request", "duplicate_parameter") from None
-    except _BadEncoding:
-        raise AuthorizeRejected("invalid_request", "bad_encoding") from None
+    client_id, redirect_uri = _singles(params, ("client_id", "redirect_uri"), AuthorizeRejected)
     if client_id is None:
         raise AuthorizeRejected("invalid_request", "missing_client_id")
     client = registry.get(client_id)
@@ -175,16 +180,9 @@ def validate_authorize(params: Mapping[str, list[bytes]], registry: ClientRegist
 
     if len(states) > 1:
         raise reject("invalid_request", "duplicate_parameter")
-    try:
-        response_type = _single(params, "response_type")
-        challenge = _single(params, "code_challenge")
-        method = _single(params, "code_challenge_method")
-        scope = _single(params, "scope")
-        nonce = _single(params, "nonce")
-    except _Duplicate:
-        raise reject("invalid_request", "duplicate_parameter") from None
-    except _BadEncoding:
-        raise reject("invalid_request", "bad_encoding") from None
+    response_type, challenge, method, scope, nonce = _singles(
+        params, ("response_type", "code_challenge", "code_challenge_method", "scope", "nonce"), reject
+    )
     if response_type is None:
         raise reject("invalid_request", "missing_response_type")
     if response_type != "code":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import re
 import time
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-from ..config import Settings
+from ..config import Settings, is_loopback_host
 from ..errors import (
     InvalidClient,
     InvalidClientMetadata,
@@ -147,7 +146,7 @@ def _redirect_uri_problem(uri: Any, *, confidential: bool) -> str | None:
             return "has no host"
         if parts.username is not None or parts.password is not None:
             return "has user info"
-        if confidential and (parts.hostname in _LOOPBACK_HOSTS or _is_loopback_ip(parts.hostname)):
+        if confidential and is_loopback_host(parts.hostname):
             return "is loopback (confidential clients need a public https redirect URI)"
         return None
     if confidential:
@@ -161,13 +160,6 @@ def _redirect_uri_problem(uri: Any, *, confidential: bool) -> str | None:
     if not parts.path and not parts.netloc:
         return "has no path"
     return None
-
-
-def _is_loopback_ip(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _https_url_problem(value: Any) -> str | None:

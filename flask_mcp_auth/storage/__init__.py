@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import StorageError
@@ -124,6 +125,24 @@ class SessionData:
     revoked: bool
     tokens: Mapping[str, str]  # provider -> encrypted blob
     ttl: float | None = None  # seconds the session metadata has left (None: no metadata stored)
+
+
+#: ``load_session``'s answer for a session id nothing is stored under (both backends).
+_NO_SESSION = SessionData(owner=None, complete=False, revoked=False, tokens=MappingProxyType({}))
+
+
+def _slot_part(name: str, value: str) -> str:
+    """``value`` as a session id or provider part of an upstream-token slot, or ``ValueError``.
+
+    Redis joins key parts with ``:``, so a part containing one could alias another slot; memory applies
+    the same rule so both backends accept exactly the same names."""
+    if not _valid_slot_part(value):
+        raise ValueError(f"{name} must be non-empty and contain no ':'")
+    return value
+
+
+def _valid_slot_part(value: str) -> bool:
+    return bool(value) and ":" not in value
 
 
 @runtime_checkable

@@ -18,10 +18,19 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
-from . import AlreadyExists, CorruptRecord, SessionData, StorageUnavailable, dumps, loads
+from . import (
+    _NO_SESSION,
+    AlreadyExists,
+    CorruptRecord,
+    SessionData,
+    StorageUnavailable,
+    _slot_part,
+    _valid_slot_part,
+    dumps,
+    loads,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -29,20 +38,6 @@ _Key = tuple[str, str]
 _Rows = dict[str, tuple[float, str]]  # provider -> (expires_at, blob)
 
 _INDEX = "upstream:idx"
-
-
-def _slot_part(name: str, value: str) -> str:
-    # Same rule as Redis, where ``:`` separates key parts and could alias another slot.
-    if not value or ":" in value:
-        raise ValueError(f"{name} must be non-empty and contain no ':'")
-    return value
-
-
-def _valid(value: str) -> bool:
-    return bool(value) and ":" not in value
-
-
-_NO_SESSION = SessionData(owner=None, complete=False, revoked=False, tokens=MappingProxyType({}))
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -286,7 +281,7 @@ class MemoryStorage:
                     del self._data[(_INDEX, sid)]
 
     def load_session(self, sid: str) -> SessionData:
-        if not _valid(sid):  # no such session can have been stored
+        if not _valid_slot_part(sid):  # no such session can have been stored
             return _NO_SESSION
         with self._lock:
             now = self._now()
@@ -307,7 +302,7 @@ class MemoryStorage:
         )
 
     def delete_session(self, sid: str, providers: list[str] | None = None) -> None:
-        if not _valid(sid):
+        if not _valid_slot_part(sid):
             return
         with self._lock:
             now = self._now()

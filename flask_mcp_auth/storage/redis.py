@@ -23,14 +23,23 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import AlreadyExists, CorruptRecord, SessionData, StorageUnavailable, dumps, loads
+from . import (
+    _NO_SESSION,
+    AlreadyExists,
+    CorruptRecord,
+    SessionData,
+    StorageUnavailable,
+    _slot_part,
+    _valid_slot_part,
+    dumps,
+    loads,
+)
 
 __all__ = ["RedisStorage"]
 
@@ -88,7 +97,11 @@ for _, old in ipairs(gone) do
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, cid)
-redis.call('ZADD', KEYS[3], now, cid)
+-- strictly increasing creation scores: two registrations in one millisecond keep their order
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local created = now
+if last[2] and tonumber(last[2]) >= created then created = tonumber(last[2]) + 1 end
+redis.call('ZADD', KEYS[3], created, cid)
 local evicted = {}
 local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
 if excess > 0 then
@@ -211,20 +224,6 @@ def _text(value: bytes | str) -> str:
         return value.decode()
     except UnicodeDecodeError as exc:
         raise CorruptRecord("stored value is not UTF-8 text") from exc
-
-
-def _slot_part(name: str, value: str) -> str:
-    # ``:`` separates key parts; a session id or provider containing one could alias another slot.
-    if not value or ":" in value:
-        raise ValueError(f"{name} must be non-empty and contain no ':'")
-    return value
-
-
-def _valid(value: str) -> bool:
-    return bool(value) and ":" not in value
-
-
-_NO_SESSION = SessionData(owner=None, complete=False, revoked=False, tokens=MappingProxyType({}))
 
 
 class RedisStorage:
@@ -381,7 +380,7 @@ class RedisStorage:
         self._call(self._set_session, keys=[session, index], args=[meta, _ms(ttl), rows])
 
     def load_session(self, sid: str) -> SessionData:
-        if not _valid(sid):  # no such session can have been stored
+        if not _valid_slot_part(sid):  # no such session can have been stored
             return _NO_SESSION
         session, revoked, index, rows = self._session_keys(sid)
         reply = self._call(self._load_session, keys=[session, revoked, index], args=[rows])
@@ -399,13 +398,13 @@ class RedisStorage:
         )
 
     def delete_session(self, sid: str, providers: list[str] | None = None) -> None:
-        if not _valid(sid):
+        if not _valid_slot_part(sid):
             return
         session, revoked, index, rows = self._session_keys(sid)
         if providers is None:
             args: list[Any] = [rows, "all", "", 0]
         else:
-            args = [rows, "some", "", 0, *(p for p in providers if _valid(p))]
+            args = [rows, "some", "", 0, *(p for p in providers if _valid_slot_part(p))]
         self._call(self._delete_session, keys=[session, index, revoked], args=args)
 
     def revoke_session(self, sid: str, ttl: int) -> None:

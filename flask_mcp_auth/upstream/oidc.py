@@ -32,7 +32,6 @@ per key with an explicit algorithm allow-list instead. Authlib still builds the 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import threading
@@ -43,6 +42,7 @@ from typing import Any
 import jwt
 import requests
 
+from .._encoding import b64url_encode
 from ..config import UpstreamConfig, is_loopback_host
 from ..errors import ConfigError
 from ..storage import UpstreamToken
@@ -248,7 +248,7 @@ class OIDCClient(OAuth2Client):
         if at_hash is not None and access_token is not None:
             hasher = hashlib.sha512 if alg == "EdDSA" else _AT_HASH[alg[-3:]]
             digest = hasher(access_token.encode()).digest()
-            expected = base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+            expected = b64url_encode(digest[: len(digest) // 2])
             if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash, expected):
                 raise self._rejected("id_token_at_hash")
         return claims

@@ -10,7 +10,6 @@ import secrets
 import time
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -37,13 +36,6 @@ UPSTREAM = {
 def signing_pem(index: int = 0) -> str:
     """RSA keys are slow to generate: one per index per test process."""
     return generate_rsa_pem()
-
-
-def storage_url_for(request: pytest.FixtureRequest) -> str:
-    """``memory://`` or the per-test flushed Redis, from a fixture parametrised on the backend."""
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return "memory://"
 
 
 def make_app(storage: Any = "memory://", **config: Any) -> Flask:
