@@ -7,6 +7,11 @@ notifications and client responses get ``202 Accepted`` with no body. ``GET /mcp
 server offers no server-initiated stream. ``DELETE /mcp`` is 405 too: sessions end by expiry of the
 user's token, which the spec allows.
 
+Batches: a JSON array of messages is accepted when the client speaks 2025-03-26 (its
+``MCP-Protocol-Version`` header, absent meaning 2025-03-26), whose servers MUST accept batches; the
+answer is an array of responses (none for notifications, 202 when nothing is owed). From 2025-06-18,
+which removed batching, an array is a 400 ``-32600``. ``initialize`` may never be batched.
+
 Sessions (``Mcp-Session-Id``): issued at ``initialize`` and required on every later request. A session
 id is *not* a credential — every request still needs a valid bearer token — and it is bound to the
 token's user and client: the id is ``<random>.<HMAC(secret, random, subject, client)>``, so any worker
@@ -43,6 +48,8 @@ __all__ = ["PROTOCOL_VERSIONS", "MCPServer", "Tool", "ToolError"]
 PROTOCOL_VERSIONS: tuple[str, ...] = ("2025-11-25", "2025-06-18", "2025-03-26")
 #: What a request without ``MCP-Protocol-Version`` is assumed to speak (MCP 2025-06-18 "Transports").
 DEFAULT_HEADER_VERSION = "2025-03-26"
+#: Versions whose servers MUST accept JSON-RPC batches; 2025-06-18 removed batching.
+BATCH_VERSIONS: frozenset[str] = frozenset({"2025-03-26"})
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -74,6 +81,15 @@ class Tool:
         if self.title:
             out["title"] = self.title
         return out
+
+
+def _valid_id(value: Any) -> bool:
+    # MCP "Basic": a request id is a string or a number and, unlike plain JSON-RPC, never null.
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _error_body(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
 class _Reject(Exception):
@@ -127,8 +143,7 @@ class MCPServer:
         return response
 
     def _error(self, status: int, code: int, message: str, request_id: Any = None) -> Response:
-        return self._json({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}},
-                          status)
+        return self._json(_error_body(request_id, code, message), status)
 
     def handle(self, subject: str, client_id: str) -> Response:
         try:
@@ -157,25 +172,23 @@ class MCPServer:
             message = json.loads(request.get_data(cache=False) or b"")
         except ValueError:
             raise _Reject(400, PARSE_ERROR, "Parse error") from None
+        if isinstance(message, list):
+            return self._batch(message, subject, client_id)
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            # Batches were removed in 2025-06-18; this server never accepted them.
-            raise _Reject(400, INVALID_REQUEST, "Invalid Request: one JSON-RPC 2.0 message per POST")
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
         method = message.get("method")
         request_id = message.get("id")
         is_request = isinstance(method, str) and "id" in message
         if method is None and ("result" in message or "error" in message):
             return Response(status=202)  # a response to a server request; we never send any
+        if is_request and not _valid_id(request_id):
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: id must be a string or a number")
 
         if method == "initialize" and is_request:
             return self._initialize(message, subject, client_id)
 
         self._check_version_header(request_id)
-        session_id = request.headers.get("Mcp-Session-Id")
-        if not session_id:
-            raise _Reject(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required", request_id)
-        if not self.session_valid(session_id, subject, client_id):
-            # Unknown, forged, or issued to another user/client: the same answer for all three.
-            raise _Reject(404, SESSION_NOT_FOUND, "Session not found", request_id)
+        self._check_session(subject, client_id, request_id)
 
         if not isinstance(method, str):
             raise _Reject(400, INVALID_REQUEST, "Invalid Request", request_id)
@@ -184,22 +197,76 @@ class MCPServer:
         params = message.get("params") or {}
         if not isinstance(params, dict):
             raise _Reject(400, INVALID_PARAMS, "Invalid params", request_id)
+        return self._json(self._dispatch(request_id, method, params))
+
+    def _check_session(self, subject: str, client_id: str, request_id: Any = None) -> None:
+        session_id = request.headers.get("Mcp-Session-Id")
+        if not session_id:
+            raise _Reject(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required", request_id)
+        if not self.session_valid(session_id, subject, client_id):
+            # Unknown, forged, or issued to another user/client: the same answer for all three.
+            raise _Reject(404, SESSION_NOT_FOUND, "Session not found", request_id)
+
+    def _dispatch(self, request_id: Any, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The response object for one request (``_Reject`` for an error with an HTTP status)."""
         if method == "ping":
-            return self._result(request_id, {})
+            return self._result_body(request_id, {})
         if method == "tools/list":
-            return self._result(request_id, {"tools": [t.describe() for t in self.tools.values()]})
+            return self._result_body(request_id, {"tools": [t.describe() for t in self.tools.values()]})
         if method == "tools/call":
             return self._call_tool(request_id, params)
-        return self._json({"jsonrpc": "2.0", "id": request_id,
-                           "error": {"code": METHOD_NOT_FOUND, "message": "Method not found"}})
+        return _error_body(request_id, METHOD_NOT_FOUND, "Method not found")
+
+    def _batch(self, messages: list[Any], subject: str, client_id: str) -> Response:
+        """A JSON-RPC 2.0 batch (§6), which MCP 2025-03-26 servers MUST accept ("Basic", "JSON-RPC
+        Batching") and 2025-06-18 removed. The version is the negotiated one the client announces in
+        ``MCP-Protocol-Version`` (absent means 2025-03-26, as the transport spec says)."""
+        self._check_version_header(None)
+        version = request.headers.get("MCP-Protocol-Version", DEFAULT_HEADER_VERSION)
+        if version not in BATCH_VERSIONS:
+            raise _Reject(400, INVALID_REQUEST, f"Invalid Request: JSON-RPC batches are not supported in "
+                          f"protocol version {version} (removed in 2025-06-18)")
+        # "initialize" MUST NOT be batched (Lifecycle), so every batch belongs to an existing session.
+        self._check_session(subject, client_id)
+        if not messages:
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: empty batch")
+        responses = [r for r in (self._batch_item(m) for m in messages) if r is not None]
+        if not responses:
+            return Response(status=202)  # only notifications and/or responses (Transports, 2025-03-26)
+        return self._json(responses)
+
+    def _batch_item(self, message: Any) -> dict[str, Any] | None:
+        """One batch member's response object, or ``None`` for notifications and client responses."""
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            return _error_body(None, INVALID_REQUEST, "Invalid Request")
+        method = message.get("method")
+        if method is None and ("result" in message or "error" in message):
+            return None  # a response to a server request; we never send any
+        if "id" not in message:
+            return None  # a notification gets no response, not even an error (JSON-RPC §4.1)
+        request_id = message.get("id")
+        if not _valid_id(request_id):
+            return _error_body(None, INVALID_REQUEST, "Invalid Request: id must be a string or a number")
+        if not isinstance(method, str):
+            return _error_body(request_id, INVALID_REQUEST, "Invalid Request")
+        if method == "initialize":
+            return _error_body(request_id, INVALID_REQUEST, "Invalid Request: initialize must not be batched")
+        params = message.get("params") or {}
+        if not isinstance(params, dict):
+            return _error_body(request_id, INVALID_PARAMS, "Invalid params")
+        try:
+            return self._dispatch(request_id, method, params)
+        except _Reject as reject:
+            return _error_body(reject.request_id, reject.code, reject.message)
 
     def _check_version_header(self, request_id: Any) -> None:
         version = request.headers.get("MCP-Protocol-Version", DEFAULT_HEADER_VERSION)
         if version not in PROTOCOL_VERSIONS:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: unsupported MCP-Protocol-Version", request_id)
 
-    def _result(self, request_id: Any, result: Mapping[str, Any]) -> Response:
-        return self._json({"jsonrpc": "2.0", "id": request_id, "result": dict(result)})
+    @staticmethod
+    def _result_body(request_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": request_id, "result": dict(result)}
 
     def _initialize(self, message: Mapping[str, Any], subject: str, client_id: str) -> Response:
         params = message.get("params") or {}
@@ -217,7 +284,7 @@ class MCPServer:
         return self._json({"jsonrpc": "2.0", "id": message.get("id"), "result": result},
                           headers={"Mcp-Session-Id": session_id})
 
-    def _call_tool(self, request_id: Any, params: Mapping[str, Any]) -> Response:
+    def _call_tool(self, request_id: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         tool = self.tools.get(str(params.get("name")))
         if tool is None:
             raise _Reject(200, INVALID_PARAMS, "Unknown tool", request_id)
@@ -227,10 +294,10 @@ class MCPServer:
         try:
             data = tool.handler(arguments)
         except ToolError as exc:
-            return self._result(request_id, {"content": [{"type": "text", "text": str(exc)}],
-                                             "isError": True})
+            return self._result_body(request_id, {"content": [{"type": "text", "text": str(exc)}],
+                                                  "isError": True})
         result: dict[str, Any] = {"content": [{"type": "text", "text": json.dumps(data, indent=2)}],
                                   "isError": False}
         if isinstance(data, dict):
             result["structuredContent"] = data
-        return self._result(request_id, result)
+        return self._result_body(request_id, result)

@@ -16,6 +16,10 @@ would otherwise override the session's ``verify``) and bounds connect + headers 
 Used for every protocol call the package makes itself (upstream token/userinfo/discovery/JWKS, Mode A
 discovery/JWKS, RFC 8693 STS, ``flask mcp-auth check``). The app's own backend calls through
 ``auth.session()`` do not come here and keep requests' ordinary semantics.
+
+:func:`make_protocol_session` builds that shared session. Like the app's backend sessions it holds no
+per-user state: its cookie jar (:class:`NoCookieJar`) never stores a cookie, so a ``Set-Cookie`` an
+upstream or STS sends in answer to one user's call is never replayed on another user's.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.client import HTTPException
+from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
 
 import requests
 import urllib3
+from requests.cookies import RequestsCookieJar
 
-__all__ = ["HTTPFailure", "Reply", "fetch"]
+__all__ = ["HTTPFailure", "NoCookieJar", "Reply", "fetch", "make_protocol_session"]
 
 #: Largest single read from the body; ``read1`` returns what one socket read gives, up to this.
 _CHUNK = 16 * 1024
@@ -155,3 +161,32 @@ def _read_body(call: _Call, raw: Any, max_body: int, end: float) -> bytes:
     except (urllib3.exceptions.HTTPError, HTTPException, OSError,
             requests.RequestException):
         raise HTTPFailure("connection_error") from None
+
+
+class NoCookieJar(RequestsCookieJar):
+    """A cookie jar that never stores a cookie, for sessions shared by every user of the app.
+
+    requests' default jar keeps each response's ``Set-Cookie`` and sends it on every later call of the
+    session — whoever that call is for. Here the policy refuses every cookie (``extract_cookies``) and
+    ``set_cookie`` does nothing, so an explicit ``session.cookies.set(...)`` cannot add shared state
+    either. Cookies passed per call (``cookies=``) and those set within one call's redirect chain are
+    requests' per-request jar and still work.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+    def set_cookie(self, cookie: Cookie, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
+def make_protocol_session() -> requests.Session:
+    """The session of the package's own protocol calls (``runtime.http``): shared by every user, so it
+    stores no cookies; every call still goes through :func:`fetch` (explicit ``verify``/``timeout``)."""
+    http = requests.Session()
+    http.cookies = NoCookieJar()
+    http.headers["User-Agent"] = "flask_mcp_auth"
+    return http

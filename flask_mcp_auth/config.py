@@ -13,6 +13,7 @@ and URLs are shown with their password and query values masked.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -146,6 +147,12 @@ _CLIENT_KEYS = frozenset(
     {"client_id", "redirect_uris", *_SECRET_KEYS, "scopes", "first_party", "client_name"}
 )
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+#: What each credential-carrying strategy puts on the outgoing request (for the plain-http warning).
+_CREDENTIAL_NOUN: Mapping[str, str] = {
+    "upstream_inject": "upstream access token",
+    "token_exchange": "exchanged access token",
+    "header_injection": "header value",
+}
 #: Redirect URI schemes that can run code or read local files in a browser: never a redirect target.
 _BAD_REDIRECT_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob"})
 
@@ -269,12 +276,41 @@ class Settings:
 
 
 def _default_storage_prefix(issuer: Any) -> str:
+    """``mcp-auth:{<host>:<port>:<8 hex of sha256(issuer)>}:``.
+
+    For example ``https://mcp.example.com:8443`` gives ``mcp-auth:{mcp.example.com:8443:af2dd403}:``.
+
+    Host and port keep it readable; the hash of the full issuer keeps two issuers on one host (other
+    port or path) apart, so two authorization servers on one Redis never share clients, codes, consent
+    or the registration cap. The braces make the whole tag a Redis Cluster hash tag: every key of one
+    app hashes to one slot, which the multi-key Lua scripts need.
+    """
     try:
-        host = urlsplit(str(issuer or "")).hostname
+        parts = urlsplit(str(issuer or ""))
+        host = parts.hostname
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
     except ValueError:
         host = None
-    # Braces make the issuer host a Redis Cluster hash tag: all of one app's keys share a slot.
-    return f"mcp-auth:{{{host or 'default'}}}:"
+    if not host:
+        return "mcp-auth:{default}:"
+    digest = hashlib.sha256(str(issuer).encode("utf-8")).hexdigest()[:8]
+    return f"mcp-auth:{{{host}:{port}:{digest}}}:"
+
+
+def _hash_tag(prefix: str) -> str | None:
+    """The Redis Cluster hash tag of keys under ``prefix``, or ``None`` when there is none.
+
+    Redis hashes only the part between the first ``{`` and the first ``}`` after it, and only when
+    that part is non-empty (Redis Cluster spec, "Hash tags"); hand-written because redis-py exposes
+    no helper for it.
+    """
+    start = prefix.find("{")
+    if start < 0:
+        return None
+    end = prefix.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return prefix[start + 1:end]
 
 
 def apply_defaults(config: MutableMapping[str, Any]) -> None:
@@ -705,6 +741,13 @@ def _parse_backends(raw: Any, upstream_names: Sequence[str], mode_b: bool,
             elif parts.username is not None or parts.password is not None:
                 out.error("V-08", where, f"url {_show(url)} must not contain userinfo; credentials "
                           "come from the strategy")
+            elif (parts.scheme == "http" and strategy in _CREDENTIAL_NOUN
+                  and not is_loopback_host(parts.hostname)):
+                # A warning, not an error: a plain-http backend on a trusted private network is a
+                # deliberate (if unwise) choice, but it must never be silent.
+                out.warn("V-08", where, f"url {_show(url)} uses http on a non-loopback host: the "
+                         f"{_CREDENTIAL_NOUN[strategy]} that strategy {strategy!r} adds to every "
+                         "call would go out in cleartext; use https (warning: startup continues)")
         fields: dict[str, Any] = dict(name=name, strategy=strategy, url=url)
         if strategy == "upstream_inject":
             provider = entry.get("provider")
@@ -995,17 +1038,54 @@ def _storage(config: Mapping[str, Any], out: _Collector) -> Any:
     return storage
 
 
-def _tls_verify(config: Mapping[str, Any], out: _Collector) -> bool | str:
+def _tls_verify(config: Mapping[str, Any], mode_b: bool, out: _Collector) -> bool | str:
     raw = config.get("MCP_AUTH_TLS_VERIFY")
     if raw is None:
         return True
     if isinstance(raw, bool):
+        if not raw:
+            # Allowed (a test rig may need it) but never silently: it disarms every outgoing call.
+            what = ("the upstream providers and STS, and read the codes, client secrets and tokens "
+                    "sent to them" if mode_b else "the issuer's discovery and JWKS (the keys every "
+                    "incoming token is verified with) and any STS, and so forge tokens this app "
+                    "accepts")
+            out.warn("V-05", "MCP_AUTH_TLS_VERIFY", f"is False: TLS certificates are not checked on "
+                     f"any outgoing call, so a network attacker can impersonate {what}; use True or "
+                     "the path of a CA bundle (warning: startup continues)")
         return raw
     if isinstance(raw, str) and raw and os.path.exists(raw):
         return raw
     out.error("V-05", "MCP_AUTH_TLS_VERIFY", f"{_show(raw)} must be True, False or the path of an "
               "existing CA bundle file or directory")
     return True
+
+
+def _check_hash_tag(storage: Any, prefix: str, out: _Collector) -> None:
+    """Warn when Redis keys would carry no Cluster hash tag (their slots would differ).
+
+    Every multi-key Lua script needs all its keys in one slot, so on Redis Cluster an untagged
+    prefix turns every storage call into a cross-slot error. Single-node Redis works either
+    way, hence a warning, not an error.
+    """
+    if isinstance(storage, str):
+        if not storage.startswith(("redis://", "rediss://")):
+            return  # memory:// (or an unsupported URL, already an error)
+        key, shown = "MCP_AUTH_STORAGE_PREFIX", prefix
+    else:
+        # A Storage instance was built with its own prefix (MCP_AUTH_STORAGE_PREFIX is not used).
+        own = getattr(storage, "prefix", None)
+        if not isinstance(own, str):
+            return  # MemoryStorage, or a custom store whose key layout is unknown
+        key, shown = "MCP_AUTH_STORAGE", own
+    if _hash_tag(shown) is not None:
+        return
+    base = shown.replace("{", "").replace("}", "").rstrip(":")
+    fix = f"{base}:{{mcp}}:" if base else "{mcp}:"
+    where = "prefix" if key == "MCP_AUTH_STORAGE_PREFIX" else "the storage instance's prefix"
+    out.warn("V-05", key, f"{where} {_show(shown)} has no Redis Cluster hash tag (a non-empty {{…}}): "
+             "on Redis Cluster the keys of one session land in different slots and every storage "
+             f"call fails (the multi-key scripts need one slot); use e.g. {fix!r} (warning: "
+             "single-node Redis works)")
 
 
 def _unknown_top_level(config: Mapping[str, Any], out: _Collector) -> None:
@@ -1127,6 +1207,7 @@ def parse_settings(config: Mapping[str, Any]) -> tuple[Settings, list[Problem]]:
     if not isinstance(prefix, str):
         out.error("V-05", "MCP_AUTH_STORAGE_PREFIX", f"{_show(prefix)} must be a string")
         prefix = _default_storage_prefix(issuer)
+    _check_hash_tag(storage, prefix, out)
 
     timeout_raw = get("MCP_AUTH_UPSTREAM_TIMEOUT")
     if timeout_raw is None:
@@ -1144,7 +1225,7 @@ def parse_settings(config: Mapping[str, Any]) -> tuple[Settings, list[Problem]]:
 
     dynamic = _parse_bool(config, "MCP_AUTH_DYNAMIC_REGISTRATION", out)
     confidential = _parse_bool(config, "MCP_AUTH_CONFIDENTIAL_REGISTRATION", out)
-    tls_verify = _tls_verify(config, out)
+    tls_verify = _tls_verify(config, mode_b, out)
     rate_limit = _parse_positive_int(config, "MCP_AUTH_REGISTRATION_RATE_LIMIT", out)
     max_clients = _parse_positive_int(config, "MCP_AUTH_MAX_CLIENTS", out)
 

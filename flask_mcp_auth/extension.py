@@ -15,6 +15,7 @@ import requests
 from flask import Flask, current_app
 
 from . import cli
+from ._http import make_protocol_session
 from .config import apply_defaults, parse_settings
 from .identity import Identity
 from .identity import install as install_identity
@@ -76,8 +77,7 @@ class MCPAuth:
                 "MCP_AUTH_STORAGE is memory://: state lives in this process only; with several "
                 "workers or hosts use redis:// so callbacks and tokens are seen by every process"
             )
-        http = requests.Session()
-        http.headers["User-Agent"] = "flask_mcp_auth"
+        http = make_protocol_session()  # shared by every user: stores no cookies
 
         keys: KeySet | None = None
         vault: TokenVault | None = None

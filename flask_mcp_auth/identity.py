@@ -44,7 +44,7 @@ from .keys import PublicKey
 from .storage import UpstreamToken
 from .tokens import MAX_TOKEN_LENGTH, VerifiedTokenCache, algorithms_for_key
 from .upstream.base import UpstreamRejected, UpstreamUnavailable
-from .upstream.refresh import Refresher
+from .upstream.refresh import Refresher, refresh_due, refresh_skew
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -74,8 +74,9 @@ _AS_BLUEPRINT = "mcp_auth"
 _G_TRANSIENT = "_mcp_auth_transient"
 #: Cap on decrypted upstream-token records kept in memory (see ``_SessionLoader``).
 _DECODED_CACHE_SIZE = 30_000
-#: An upstream token is refreshed this many seconds before it expires.
-_SKEW = 30.0
+#: Seconds a transient refresh failure of one ``(session, provider)`` is reused before the upstream is
+#: asked again (``Refresher.failure_backoff``): bounds the cost of a failing or hanging IdP.
+_REFRESH_FAILURE_BACKOFF = 10.0
 _NONE: frozenset[str] = frozenset()
 
 
@@ -394,7 +395,7 @@ class _SessionLoader:
             record = self._decode(sid, provider, blob)
             if record is None:
                 continue
-            if record.is_expired(now, _SKEW):
+            if refresh_due(record, now):
                 try:
                     record = self.refresher.refresh(sid, record, subject)
                 except UpstreamRejected:
@@ -406,7 +407,7 @@ class _SessionLoader:
             if record.id_token:
                 id_tokens[provider] = record.id_token
             if record.expires_at is not None:
-                valid_until = min(valid_until, record.expires_at - _SKEW)
+                valid_until = min(valid_until, record.expires_at - refresh_skew(record))
         # Read-only views handed over as such, so Identity does not copy them again.
         identity = Identity(
             subject=subject,
@@ -554,7 +555,8 @@ def required(
 ) -> Callable[[F], F]:
     """Protect a view: 401 without a valid identity, 403 ``insufficient_scope`` naming only the
     missing scopes, 401 (re-authorize) when a named provider's token is absent, 503 when its refresh
-    failed transiently. OPTIONS requests (CORS preflight) pass.
+    failed transiently. An OPTIONS request (CORS preflight) gets Flask's default OPTIONS response
+    without calling the view, even when the route lists OPTIONS: the view never runs unauthenticated.
 
     >>> @app.post("/mcp")
     ... @auth.required(scopes=["tools"], providers=["github"])
@@ -569,8 +571,9 @@ def required(
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if request.method != "OPTIONS":
-                _enforce(wanted_scopes, wanted_providers)
+            if request.method == "OPTIONS":
+                return current_app.make_default_options_response()
+            _enforce(wanted_scopes, wanted_providers)
             if is_async:
                 return current_app.ensure_sync(view)(*args, **kwargs)
             return view(*args, **kwargs)
@@ -590,6 +593,19 @@ def _bearer(header: str) -> str | None:
     return rest.strip()  # an empty token fails validation like any malformed one
 
 
+def _path_matcher(paths: Iterable[str]) -> Callable[[str], bool] | None:
+    """A test for ``MCP_AUTH_PROTECTED_PATHS``, matching whole path segments: ``/mcp`` (or ``/mcp/``)
+    covers ``/mcp``, ``/mcp/`` and ``/mcp/x`` but not ``/mcpx``; ``/`` covers every path. ``None``
+    when nothing is protected."""
+    roots = frozenset(p.rstrip("/") for p in paths)
+    if not roots:
+        return None
+    if "" in roots:
+        return lambda path: True
+    prefixes = tuple(sorted(root + "/" for root in roots))
+    return lambda path: path in roots or path.startswith(prefixes)
+
+
 def install(app: Flask, runtime: Runtime) -> None:
     """Register the ``before_request`` hook and the RS error handlers on ``app``.
 
@@ -598,7 +614,7 @@ def install(app: Flask, runtime: Runtime) -> None:
     """
     settings = runtime.settings
     verify: Callable[[str], dict[str, Any]] = runtime.tokens.verify
-    protected = tuple(settings.protected_paths)
+    protected = _path_matcher(settings.protected_paths)
     runtime.parts["verified_cache"] = runtime.tokens.cache
     loader: _SessionLoader | None = None
     if settings.mode == "B":
@@ -613,6 +629,7 @@ def install(app: Flask, runtime: Runtime) -> None:
             runtime.upstreams,
             ttl=settings.refresh_token_ttl,  # a bound: storage caps a refreshed row at its session's TTL
             lock_ttl=_refresh_lock_ttl(settings.upstream_timeout),
+            failure_backoff=_REFRESH_FAILURE_BACKOFF,
             on_refreshed=refreshed,
         )
         runtime.parts["refresher"] = refresher
@@ -635,13 +652,13 @@ def install(app: Flask, runtime: Runtime) -> None:
             setattr(g, _G_TRANSIENT, transient)
         return identity
 
-    def load_identity() -> None:
+    def load_identity() -> Response | None:
         # Hot path: resolve the context-local proxies once.
         req = request._get_current_object()  # type: ignore[attr-defined]
         ctx_g = g._get_current_object()
         ctx_g.identity = None
         if req.blueprint == _AS_BLUEPRINT:
-            return  # the AS's endpoints authenticate clients themselves
+            return None  # the AS's endpoints authenticate clients themselves
         environ = req.environ
         header = environ.get("HTTP_AUTHORIZATION")
         if header:
@@ -655,8 +672,14 @@ def install(app: Flask, runtime: Runtime) -> None:
                     _failed("multiple_methods")
                     raise InvalidRequest("Send the access token in one place only: the Authorization header.")
                 ctx_g.identity = authenticate(token)
-        if protected and req.method != "OPTIONS" and req.path.startswith(protected):
-            _enforce((), ())
+        if protected is not None and protected(req.path):
+            if req.method != "OPTIONS":
+                _enforce((), ())
+            elif req.url_rule is not None:
+                # Preflight: Flask's default answer (Allow header; CORS extensions add theirs in
+                # after_request) — never the view, which would run without an identity.
+                return current_app.make_default_options_response()
+        return None
 
     def render(error: OAuthError) -> Response:
         if request.blueprint == _AS_BLUEPRINT:  # RFC 6749 §5.2 body, no Bearer challenge

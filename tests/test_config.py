@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +49,10 @@ def github(**extra: Any) -> dict[str, Any]:
 def mode_b(*upstreams: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {**MODE_A, "SECRET_KEY": SECRET_KEY,
             "MCP_AUTH_UPSTREAMS": list(upstreams) or [corp(), github()], **extra}
+
+
+def _issuer_hash(issuer: str) -> str:
+    return hashlib.sha256(issuer.encode()).hexdigest()[:8]
 
 
 def problems(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -112,7 +117,7 @@ def test_valid_mode_a_config() -> None:
     docs = settings.backends["docs"]
     assert (docs.strategy, docs.client_secret, docs.subject_provider) == ("token_exchange", "sts-secret", None)
     assert settings.token_exchange_backends == (docs,)
-    assert settings.storage_prefix == "mcp-auth:{mcp.example.com}:"
+    assert settings.storage_prefix == f"mcp-auth:{{mcp.example.com:443:{_issuer_hash(ISSUER)}}}:"
     assert settings.resource_metadata_url == "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
 
 
@@ -195,7 +200,7 @@ def test_apply_defaults_makes_every_key_visible_without_overriding() -> None:
     # computed defaults are filled in where they follow from other keys
     assert app.config["MCP_AUTH_AUDIENCE"] == RESOURCE
     assert app.config["MCP_AUTH_ALLOWED_AUDIENCES"] == [RESOURCE]
-    assert app.config["MCP_AUTH_STORAGE_PREFIX"] == "mcp-auth:{mcp.example.com}:"
+    assert app.config["MCP_AUTH_STORAGE_PREFIX"] == f"mcp-auth:{{mcp.example.com:443:{_issuer_hash(ISSUER)}}}:"
     # mutable defaults are copies
     app.config["MCP_AUTH_SCOPES_SUPPORTED"].append("x")
     assert "x" not in DEFAULTS["MCP_AUTH_SCOPES_SUPPORTED"]
@@ -684,3 +689,233 @@ def test_unknown_keys_are_warned_with_a_suggestion() -> None:
     assert "did you mean 'subject_claim'" in text
     assert "did you mean 'MCP_AUTH_UPSTREAM_TIMEOUT'" in text
     assert "did you mean 'subject_provider'" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# storage prefix: default per issuer (F7) and the Redis Cluster hash tag (F6)
+
+
+def test_st09_default_prefix_differs_for_two_issuers_on_one_host() -> None:
+    issuers = ["https://mcp.example.com", "https://mcp.example.com:8443", "https://mcp.example.com/a",
+               "https://mcp.example.com/b", "http://127.0.0.1:5000", "http://127.0.0.1:5001"]
+    prefixes = {}
+    for issuer in issuers:
+        settings, warnings = parse_settings({**MODE_A, "MCP_AUTH_ISSUER": issuer,
+                                             "MCP_AUTH_STORAGE": "redis://cache.internal:6379/0"})
+        assert warnings == []  # the default carries a hash tag
+        prefixes[issuer] = settings.storage_prefix
+    assert len(set(prefixes.values())) == len(issuers)
+    # readable: host and (default or explicit) port, then 8 hex of sha256 over the whole issuer
+    assert prefixes["https://mcp.example.com:8443"] == (
+        f"mcp-auth:{{mcp.example.com:8443:{_issuer_hash('https://mcp.example.com:8443')}}}:")
+    assert prefixes["https://mcp.example.com/a"] == (
+        f"mcp-auth:{{mcp.example.com:443:{_issuer_hash('https://mcp.example.com/a')}}}:")
+    assert prefixes["http://127.0.0.1:5000"].startswith("mcp-auth:{127.0.0.1:5000:")
+
+
+def test_st09_two_issuers_on_one_host_share_no_records_on_one_redis(redis_url: str) -> None:
+    from flask_mcp_auth.storage import storage_from_url
+
+    stores = []
+    for issuer in ("https://mcp.example.com/a", "https://mcp.example.com/b"):
+        settings, _ = parse_settings({**MODE_A, "MCP_AUTH_ISSUER": issuer, "MCP_AUTH_STORAGE": redis_url})
+        stores.append(storage_from_url(settings.storage, settings.storage_prefix))
+    try:
+        stores[0].put("client", "c1", {"client_id": "c1"}, ttl=60)
+        assert stores[0].get("client", "c1") == {"client_id": "c1"}
+        assert stores[1].get("client", "c1") is None
+        assert stores[0].incr("reg", "10.0.0.1", 60) == 1
+        assert stores[1].incr("reg", "10.0.0.1", 60) == 1  # separate DCR rate/cap counters
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.parametrize(("prefix", "suggested"), [
+    ("myapp:", "myapp:{mcp}:"), ("myapp", "myapp:{mcp}:"), ("myapp:{}:", "myapp:{mcp}:"),
+    ("myapp:}{mcp:", "myapp:mcp:{mcp}:"), ("{", "{mcp}:")])
+def test_untagged_prefix_on_redis_is_a_warning_naming_the_fix(prefix: str, suggested: str) -> None:
+    settings, warnings = parse_settings({**MODE_A, "MCP_AUTH_STORAGE": "redis://cache.internal:6379/0",
+                                         "MCP_AUTH_STORAGE_PREFIX": prefix})
+    assert settings.storage_prefix == prefix  # accepted: single-node Redis works with it
+    assert [(r, k) for r, k, _ in warnings] == [("V-05", "MCP_AUTH_STORAGE_PREFIX")]
+    message = warnings[0][2]
+    assert "hash tag" in message and "Redis Cluster" in message and "warning" in message
+    fix = message.split("use e.g. ")[1].split("'")[1]
+    # the suggested prefix really is tagged: no second warning for it
+    assert parse_settings({**MODE_A, "MCP_AUTH_STORAGE": "redis://cache.internal:6379/0",
+                           "MCP_AUTH_STORAGE_PREFIX": fix})[1] == []
+    assert fix == suggested
+
+
+@pytest.mark.parametrize("prefix", ["myapp:{mcp}:", "{x}", "app:{tenant-1}:", "a{b}{}"])
+def test_tagged_prefix_on_redis_is_not_warned(prefix: str) -> None:
+    config = {**MODE_A, "MCP_AUTH_STORAGE": "rediss://cache.internal:6380/0", "MCP_AUTH_STORAGE_PREFIX": prefix}
+    assert parse_settings(config)[1] == []
+
+
+def test_untagged_prefix_on_memory_storage_is_not_warned() -> None:
+    from flask_mcp_auth.storage.memory import MemoryStorage
+
+    for storage in ("memory://", MemoryStorage()):
+        config = {**MODE_A, "MCP_AUTH_STORAGE": storage, "MCP_AUTH_STORAGE_PREFIX": "myapp:"}
+        assert parse_settings(config)[1] == []
+
+
+def test_storage_instance_is_checked_by_its_own_prefix(redis_url: str) -> None:
+    from flask_mcp_auth.storage.redis import RedisStorage
+
+    untagged = RedisStorage.from_url(redis_url, prefix="own:")
+    tagged = RedisStorage.from_url(redis_url, prefix="own:{mcp}:")
+    try:
+        # MCP_AUTH_STORAGE_PREFIX is not used by an instance: its own prefix is what counts
+        _, warnings = parse_settings({**MODE_A, "MCP_AUTH_STORAGE": untagged,
+                                      "MCP_AUTH_STORAGE_PREFIX": "cfg:{tag}:"})
+        assert [(r, k) for r, k, _ in warnings] == [("V-05", "MCP_AUTH_STORAGE")]
+        assert "'own:'" in warnings[0][2] and "'own:{mcp}:'" in warnings[0][2]
+        assert parse_settings({**MODE_A, "MCP_AUTH_STORAGE": tagged,
+                               "MCP_AUTH_STORAGE_PREFIX": "cfg:"})[1] == []
+    finally:
+        untagged.close()
+        tagged.close()
+
+
+@pytest.fixture()
+def redis_cluster() -> Iterator[int]:
+    """A real one-node Redis Cluster (all 16384 slots on one node): it still refuses cross-slot scripts."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    import redis
+
+    from tests.support.redis_server import RedisServer, free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found; run `bash scripts/ensure-redis.sh`")
+    workdir = tempfile.mkdtemp(prefix="mcp-auth-cluster-")
+    server: RedisServer | None = None
+    try:
+        for _attempt in range(5):
+            # The cluster bus port is given explicitly: the default (port + 10000) may be taken or
+            # beyond 65535 for an ephemeral port, and redis-server would exit.
+            port, bus = free_port(), free_port()
+            proc = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--cluster-port", str(bus),
+                 "--save", "", "--appendonly", "no", "--dir", workdir, "--cluster-enabled", "yes",
+                 "--cluster-config-file", f"nodes-{port}.conf", "--daemonize", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = RedisServer(port=port, pid=proc.pid, workdir=workdir)
+            client = redis.Redis(host="127.0.0.1", port=port)
+            deadline = time.monotonic() + 30  # readiness wait, not an assertion on timing
+            last: Exception | None = None
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if cast(dict[str, str], client.cluster("INFO")).get("cluster_state") == "ok":
+                        client.close()
+                        yield port
+                        return
+                    if not client.cluster("SLOTS"):
+                        client.cluster("ADDSLOTSRANGE", 0, 16383)
+                except redis.RedisError as exc:  # not listening yet, or slots being assigned
+                    last = exc
+                time.sleep(0.05)
+            client.close()
+            server.stop()
+            server = None
+        pytest.fail(f"one-node Redis Cluster did not become ready ({type(last).__name__})")
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_cluster_warning_matches_real_redis_cluster(redis_cluster: int) -> None:
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
+
+    from flask_mcp_auth.storage import StorageUnavailable
+    from flask_mcp_auth.storage.redis import RedisStorage
+
+    def session_roundtrip(prefix: str) -> None:
+        store = RedisStorage(RedisCluster(host="127.0.0.1", port=redis_cluster), prefix)  # type: ignore[arg-type]
+        try:
+            store.put_upstream_token("sid1", "corp", "blob", 600)
+            store.set_session("sid1", "alice", 600, complete=True)
+            loaded = store.load_session("sid1")
+            assert loaded is not None and loaded.owner == "alice" and dict(loaded.tokens) == {"corp": "blob"}
+        finally:
+            store.client.close()
+
+    def warned(prefix: str) -> list[tuple[str, str, str]]:
+        return parse_settings({**MODE_A, "MCP_AUTH_STORAGE": "redis://127.0.0.1:6379/0",
+                               "MCP_AUTH_STORAGE_PREFIX": prefix})[1]
+
+    default = parse_settings({**MODE_A, "MCP_AUTH_STORAGE": "redis://127.0.0.1:6379/0"})[0].storage_prefix
+    assert warned(default) == []
+    session_roundtrip(default)  # the default works on a cluster
+    (warning,) = warned("myapp:")
+    # the prefix that is warned about really fails there (redis-py refuses cross-slot EVALSHA)
+    with pytest.raises((StorageUnavailable, RedisClusterException)):
+        session_roundtrip("myapp:")
+    fix = warning[2].split("use e.g. ")[1].split("'")[1]
+    assert fix == "myapp:{mcp}:"
+    session_roundtrip(fix)  # and the suggested fix works
+
+
+# ---------------------------------------------------------------------------------------------
+# insecure settings are warned about (F8)
+
+
+def test_v05_tls_verify_false_is_a_warning() -> None:
+    settings, warnings = parse_settings({**MODE_A, "MCP_AUTH_TLS_VERIFY": False})
+    assert settings.tls_verify is False
+    assert [(r, k) for r, k, _ in warnings] == [("V-05", "MCP_AUTH_TLS_VERIFY")]
+    assert "JWKS" in warnings[0][2] and "warning" in warnings[0][2]
+    _, warnings_b = parse_settings({**mode_b(), "MCP_AUTH_TLS_VERIFY": False})
+    assert [(r, k) for r, k, _ in warnings_b] == [("V-05", "MCP_AUTH_TLS_VERIFY")]
+    assert "upstream" in warnings_b[0][2]
+    for ok in (True, None):
+        assert parse_settings({**MODE_A, "MCP_AUTH_TLS_VERIFY": ok})[1] == []
+
+
+def test_v08_http_backend_url_on_a_remote_host_is_a_warning() -> None:
+    backends = {
+        "inject": {"strategy": "upstream_inject", "provider": "github", "url": "http://api.github.internal/"},
+        "sts": {"strategy": "token_exchange", "token_url": "https://sts.corp.example/token",
+                "subject_provider": "corp", "url": "HTTP://Docs.Corp.Example:8080/v1"},
+        "key": {"strategy": "header_injection", "header": "X-API-Key", "value": "k-1",
+                "url": "http://10.0.0.7/"},
+        # no warning: nothing secret is added, loopback never leaves the host, or https
+        "open": {"strategy": "unauthenticated", "url": "http://weather.example/"},
+        "local": {"strategy": "header_injection", "header": "X-API-Key", "value": "k-2",
+                  "url": "http://127.0.0.1:8080/"},
+        "local6": {"strategy": "upstream_inject", "provider": "github", "url": "http://[::1]:8080/"},
+        "localname": {"strategy": "upstream_inject", "provider": "corp", "url": "http://localhost/"},
+        "tls": {"strategy": "header_injection", "header": "X-API-Key", "value": "k-3",
+                "url": "https://api.example/"},
+    }
+    settings, warnings = parse_settings(mode_b(MCP_AUTH_BACKENDS=backends))
+    assert sorted((r, k) for r, k, _ in warnings) == [
+        ("V-08", "MCP_AUTH_BACKENDS[inject]"), ("V-08", "MCP_AUTH_BACKENDS[key]"),
+        ("V-08", "MCP_AUTH_BACKENDS[sts]")]
+    assert settings.backends["key"].url == "http://10.0.0.7/"  # accepted, not refused
+    text = "\n".join(m for _, _, m in warnings)
+    assert "cleartext" in text and "warning" in text and "https" in text
+    assert "k-1" not in text  # the header value is never echoed
+
+
+def test_insecure_settings_logged_once_by_init_app(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_mcp_auth")
+    app = Flask(__name__)
+    app.config.update(MODE_A, MCP_AUTH_TLS_VERIFY=False, MCP_AUTH_BACKENDS={
+        "key": {"strategy": "header_injection", "header": "X-API-Key", "value": "secret-v",
+                "url": "http://api.corp.example/"}})
+    MCPAuth(app)  # Mode A: no network at startup
+    app.test_client().get("/.well-known/oauth-protected-resource/mcp")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("flask_mcp_auth")]
+    assert len([m for m in messages if m.startswith("[V-05] MCP_AUTH_TLS_VERIFY:")]) == 1
+    assert len([m for m in messages if m.startswith("[V-08] MCP_AUTH_BACKENDS[key]:")]) == 1
+    assert not any("secret-v" in m for m in messages)

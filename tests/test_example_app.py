@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -88,12 +89,14 @@ def test_full_flow_redis_storage_with_server_side_sessions(redis_url: str) -> No
 
 
 def test_expired_corp_token_is_refreshed_and_tools_keep_working() -> None:
-    # The OIDC providers issue 1-second access tokens: every MCP request finds the corp token expired.
+    # The OIDC providers issue 1-second access tokens (a refreshed one is due half a second early, so
+    # a token is not refreshed on every request): wait out each one before the next tool call.
     running = start_stack(access_ttl=1)
     try:
         _, session = _open(running, "alice")
         corp = running.services.corp
         for query in ("mcp", "oauth"):
+            time.sleep(1.1)  # the corp token has expired
             before = corp.counters["refreshes"]
             assert session.call_tool("search_docs", {"query": query})["caller"] == "corp-alice"
             assert corp.counters["refreshes"] > before  # refreshed with the stored refresh token
@@ -423,3 +426,87 @@ def test_example_app_uses_only_the_public_api_and_nothing_from_tests() -> None:
                 continue
             assert not module.startswith("tests"), path
             assert not module.startswith("flask_mcp_auth."), f"{path}: private import {module}"
+
+
+# -- JSON-RPC batches: MUST be accepted at 2025-03-26, removed in 2025-06-18 ------------------------------
+def _session_at(stack: Stack, token: str, version: str) -> str:
+    response = _post(stack.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"Authorization": f"Bearer {token}"})
+    assert response.json()["result"]["protocolVersion"] == version
+    return str(response.headers["Mcp-Session-Id"])
+
+
+def test_batch_is_answered_with_an_array_at_2025_03_26(stack: Stack) -> None:
+    token, _ = _open(stack, "alice")
+    auth = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": _session_at(stack, token, "2025-03-26")}
+    batch = [
+        {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},  # no response owed
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "resources/list"},
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "rm -rf"}},
+        {"jsonrpc": "2.0", "id": 6, "method": "initialize", "params": {}},  # never batched (Lifecycle)
+        {"jsonrpc": "2.0", "id": None, "method": "ping"},  # MCP ids are never null
+        {"jsonrpc": "2.0", "id": 99, "result": {}},  # a client response: nothing owed
+        1,
+    ]
+    # A 2025-03-26 client sends no MCP-Protocol-Version header; one that does is treated the same.
+    for extra in ({}, {"MCP-Protocol-Version": "2025-03-26"}):
+        response = _post(stack.mcp_url, batch, {**auth, **extra})
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/json"
+        answers = response.json()
+        assert isinstance(answers, list) and len(answers) == 8
+        by_id = {a["id"]: a for a in answers if a["id"] is not None}
+        assert by_id["a"]["result"] == {}
+        assert "whoami" in {t["name"] for t in by_id[2]["result"]["tools"]}
+        assert by_id[3]["result"]["structuredContent"]["name"] == "Alice Example"  # the token's user
+        assert (by_id[4]["error"]["code"], by_id[5]["error"]["code"], by_id[6]["error"]["code"]) == (
+            -32601, -32602, -32600)
+        nulls = [a for a in answers if a["id"] is None]
+        assert [a["error"]["code"] for a in nulls] == [-32600, -32600]  # null id, non-object member
+        assert all(a["jsonrpc"] == "2.0" for a in answers)
+
+    # Only notifications and responses: 202 with no body.
+    quiet = _post(stack.mcp_url, [{"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                  {"jsonrpc": "2.0", "id": 7, "result": {}}], auth)
+    assert quiet.status_code == 202 and quiet.content == b""
+    empty = _post(stack.mcp_url, [], auth)
+    assert (empty.status_code, empty.json()["error"]["code"]) == (400, -32600)
+
+
+def test_batch_needs_a_session_bound_to_the_user(stack: Stack) -> None:
+    alice_token, _ = _open(stack, "alice")
+    bob_token, _ = _open(stack, "bob")
+    alice_sid = _session_at(stack, alice_token, "2025-03-26")
+    ping = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}]
+    missing = _post(stack.mcp_url, ping, {"Authorization": f"Bearer {alice_token}"})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (400, -32600)
+    stolen = _post(stack.mcp_url, ping, {"Authorization": f"Bearer {bob_token}", "Mcp-Session-Id": alice_sid})
+    assert (stolen.status_code, stolen.json()["error"]["code"]) == (404, -32001)
+    anonymous = _post(stack.mcp_url, ping, {"Mcp-Session-Id": alice_sid})
+    assert anonymous.status_code == 401
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
+def test_batch_is_refused_from_2025_06_18(stack: Stack, version: str) -> None:
+    token, _ = _open(stack, "alice")
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": _session_at(stack, token, version),
+               "MCP-Protocol-Version": version}
+    response = _post(stack.mcp_url, [{"jsonrpc": "2.0", "id": 1, "method": "ping"}], headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
+    assert "batch" in response.json()["error"]["message"]
+    # a single message still works at that version
+    single = _post(stack.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers)
+    assert single.json() == {"jsonrpc": "2.0", "id": 1, "result": {}}
+
+
+def test_request_with_a_null_id_is_invalid(stack: Stack) -> None:
+    token, session = _open(stack, "alice")
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session.session_id or "",
+               "MCP-Protocol-Version": session.protocol_version}
+    for bad in (None, True, {"x": 1}):
+        response = _post(stack.mcp_url, {"jsonrpc": "2.0", "id": bad, "method": "ping"}, headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)

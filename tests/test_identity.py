@@ -342,15 +342,17 @@ def test_required_provider_absent_is_401_reauthorize(app: Flask) -> None:
     assert app.test_client().get("/needs-corp", headers=bearer(with_corp)).status_code == 200
 
 
-def test_required_keeps_view_metadata_and_passes_options() -> None:
+def test_required_keeps_view_metadata_and_answers_options_itself() -> None:
     app = make_app()
     auth = MCPAuth.runtime(app)
     assert auth is not None
     view = app.view_functions["mcp"]
     assert view.__name__ == "describe"
+    # /mcp lists OPTIONS, and its view answers OPTIONS with a body: the preflight must not reach it
     preflight = app.test_client().options("/mcp")
     assert preflight.status_code == 200
-    assert preflight.get_json() == {"preflight": True, "identity": False}
+    assert preflight.get_data() == b""
+    assert {"GET", "POST", "OPTIONS"} <= set(preflight.headers["Allow"].split(", "))
 
 
 def test_async_view_runs_through_ensure_sync() -> None:
@@ -667,3 +669,32 @@ def test_app_error_handlers_registered_first_are_kept() -> None:
     resp = app.test_client().get("/x", headers=bearer("garbage"))
     assert resp.status_code == 401
     assert resp.get_data(as_text=True) == "custom"
+
+
+# --- protected paths match whole path segments ----------------------------------------------------------------
+def _paths_app(protected: list[str]) -> Flask:
+    app = make_app(MCP_AUTH_PROTECTED_PATHS=protected)
+    for path in ("/api", "/api/", "/api/x", "/apix", "/"):
+        app.add_url_rule(path, f"open_{path}", lambda: jsonify(ran=True), methods=["GET", "POST"])
+    return app
+
+
+@pytest.mark.parametrize("protected", [["/api"], ["/api/"]])
+def test_protected_paths_match_by_segment(protected: list[str]) -> None:
+    client = _paths_app(protected).test_client()
+    for path in ("/api", "/api/", "/api/x", "/api/x/y", "/api/unknown"):
+        resp = client.post(path)
+        assert resp.status_code == 401, path
+        assert "error=" not in challenge(resp)
+    for path in ("/apix", "/", "/public"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_protected_root_covers_every_path_but_the_metadata() -> None:
+    app = _paths_app(["/"])
+    client = app.test_client()
+    for path in ("/", "/api", "/apix", "/public", "/anything/else"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/.well-known/oauth-protected-resource/mcp").status_code == 200
+    token = issue_token(app, "alice")
+    assert client.post("/apix", headers=bearer(token)).get_json() == {"ran": True}

@@ -137,10 +137,14 @@ def test_transient_refresh_failure_keeps_row_and_is_503(storage_url: str, idp: T
     other = client.get("/mcp", headers=bearer(token))  # a view not needing corp still works
     assert other.status_code == 200
     assert other.get_json()["upstream"] == {"github": "gho_x"}
+    assert idp.refresh_calls == 1  # within the back-off window: the failure is reused, not retried
     idp.failure = None
+    refresher = app.extensions["mcp_auth"].parts["refresher"]
+    refresher.clock = lambda: time.time() + refresher.failure_backoff + 1  # the window has passed
     healed = client.get("/needs-corp", headers=bearer(token))
     assert healed.status_code == 200
     assert healed.get_json()["upstream"]["corp"].startswith("at-")
+    assert idp.refresh_calls == 2
 
 
 def test_ld06_ten_concurrent_requests_make_one_refresh_call(storage_url: str, idp: TokenEndpoint) -> None:

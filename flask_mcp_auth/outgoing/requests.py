@@ -12,6 +12,15 @@ set by the session's ``send``. Credentials are put on the request only while the
 the request object requests keeps for redirects never holds them, so a redirect reaches another
 origin with nothing, and the same origin gets them re-applied by its own adapter.
 
+requests sends every redirect hop through the adapter mounted for the hop's URL, so a page on any
+host (fetched through the same session) could redirect *into* a backend's URL and have that backend's
+credential added. :class:`BackendSession` therefore records, on each redirected request, the URLs of
+the hops before it; the adapter applies its credential only when every one of them was inside its own
+mount prefix (a redirect within the backend keeps working; one that entered from elsewhere gets none).
+
+Sessions hold no per-user state: their cookie jar (``_http.NoCookieJar``) never stores a cookie, so a
+backend's ``Set-Cookie`` to one user is never sent on another user's call through a shared session.
+
 ``verify``: requests' ``merge_environment_settings`` replaces an unset ``verify`` with
 ``REQUESTS_CA_BUNDLE`` even when ``Session.verify`` is a CA path or ``False``; our session passes its
 own ``verify`` first, so the configured value (``MCP_AUTH_TLS_VERIFY``) is what reaches ``send``.
@@ -29,6 +38,7 @@ import requests
 from flask import g, has_app_context
 from requests.adapters import HTTPAdapter
 
+from .._http import NoCookieJar
 from ..errors import ConfigError
 from .strategies import HeaderInjection, Strategy, StrategyContext, build_strategies, strip_credentials
 
@@ -45,6 +55,9 @@ __all__ = ["BackendAdapter", "BackendAuth", "BackendSession", "backend_auth", "m
 _call = threading.local()
 _UNSET: Any = object()
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: attribute of a redirected ``PreparedRequest``: the URLs of the earlier hops of its chain, set by
+#: ``BackendSession.rebuild_auth`` (``PreparedRequest.copy`` does not carry it to the next hop)
+_HOPS = "_flask_mcp_auth_previous_hops"
 
 
 def _request_identity() -> Identity | None:
@@ -114,11 +127,15 @@ class BackendAuth(requests.auth.AuthBase):
 class BackendAdapter(HTTPAdapter):
     """Mounted at a backend's ``url``: every request sent through it gets the backend's credential.
 
-    >>> session = requests.Session()
+    >>> session = BackendSession(verify)
     >>> session.mount(mount_prefix(backend.url), BackendAdapter(strategy, identity=identity))
 
     The identity is, in order: the one of the :class:`BackendSession` call in flight (thread-local),
     the adapter's own ``identity``, the current ``g.identity``.
+
+    A redirected request gets the credential only if every earlier hop of its chain was inside this
+    adapter's prefix. Those hops are recorded by :class:`BackendSession`; mounted on a plain
+    ``requests.Session`` the adapter cannot tell a redirect hop from a first request.
     """
 
     def __init__(
@@ -140,16 +157,23 @@ class BackendAdapter(HTTPAdapter):
             return cast("Identity | None", identity)
         return self.identity if self.identity is not None else _request_identity()
 
+    def _inside(self, url: str | None) -> bool:
+        return not self.prefix or (url or "").lower().startswith(self.prefix)
+
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         identity = self._identity()
+        hops: tuple[str, ...] = getattr(request, _HOPS, ())
         original = request.headers
         request.headers = original.copy()
         try:
-            if self.prefix and not (request.url or "").lower().startswith(self.prefix):
-                # mounted somewhere unexpected: never hand this backend's credential elsewhere
-                strip_credentials(request, identity)
-            else:
+            if self._inside(request.url) and all(self._inside(url) for url in hops):
                 self.strategy.apply(request, identity)
+            else:
+                # mounted somewhere unexpected, or a redirect into this backend from elsewhere (whoever
+                # answered that hop chose this URL): never hand this backend's credential to it
+                strip_credentials(request, identity)
+                for name in _injected(self.strategy):
+                    request.headers.pop(name, None)
             return super().send(request, **kwargs)
         finally:
             # requests follows redirects from this very object: leave it as the caller built it
@@ -177,12 +201,22 @@ class _GuardAdapter(HTTPAdapter):
 
 class BackendSession(requests.Session):
     """A ``requests.Session`` whose configured ``verify`` wins over ``REQUESTS_CA_BUNDLE`` and whose
-    calls carry an identity (``identity=None``: the current ``g.identity`` at each call)."""
+    calls carry an identity (``identity=None``: the current ``g.identity`` at each call).
+
+    It stores no cookies (one session may serve many users), and records each redirect hop's chain
+    so a :class:`BackendAdapter` can refuse a redirect that entered its backend from elsewhere."""
 
     def __init__(self, verify: bool | str = True, identity: Identity | None = None) -> None:
         super().__init__()
         self.verify = verify
         self.identity = identity
+        self.cookies = NoCookieJar()
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        previous = response.request
+        hops: tuple[str, ...] = getattr(previous, _HOPS, ())
+        setattr(prepared_request, _HOPS, (*hops, previous.url or ""))
 
     def merge_environment_settings(
         self,

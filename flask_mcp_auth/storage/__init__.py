@@ -92,6 +92,7 @@ class UpstreamToken:
     expires_at: float | None = None  # unix time; None = unknown / does not expire
     scope: str | None = None
     subject: str | None = None  # the upstream subject this token belongs to
+    issued_at: float | None = None  # unix time the token was obtained (None = unknown); gives its lifetime
 
     def is_expired(self, now: float, skew: float = 30.0) -> bool:
         return self.expires_at is not None and now >= self.expires_at - skew
@@ -111,6 +112,7 @@ class UpstreamToken:
                 expires_at=float(data["expires_at"]) if data.get("expires_at") is not None else None,
                 scope=data.get("scope"),
                 subject=data.get("subject"),
+                issued_at=float(data["issued_at"]) if data.get("issued_at") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptRecord("upstream token record is malformed") from exc

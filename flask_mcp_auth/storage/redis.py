@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from . import (
@@ -298,7 +299,8 @@ class RedisStorage:
             if any(marker in str(exc) for marker in _CORRUPT_MARKERS):
                 raise CorruptRecord("stored value has the wrong type") from exc
             raise StorageUnavailable(f"redis refused the command ({type(exc).__name__})") from exc
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
+            # redis-py's cluster errors do not derive from RedisError; they are outages all the same
             raise StorageUnavailable(f"redis unavailable ({type(exc).__name__})") from exc
 
     def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -168,6 +168,7 @@ class OAuth2Client:
             "redirect_uri": redirect_uri,
             "code_verifier": code_verifier,
         })
+        issued_at = time.time()  # with expires_at, the lifetime: refresh margin = min(30 s, lifetime/2)
         fields = self._token_fields(body)
         identity = self._leg_identity(body, fields, nonce)
         token = UpstreamToken(
@@ -178,6 +179,7 @@ class OAuth2Client:
             expires_at=fields["expires_at"],
             scope=fields["scope"] or self._requested_scope() or None,
             subject=identity.subject,
+            issued_at=issued_at,
         )
         return LegResult(token=token, identity=identity)
 

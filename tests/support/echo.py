@@ -2,7 +2,8 @@
 
 ``GET /echo/...`` → ``{"headers": {...}, "path": ...}``; ``GET /redirect?to=<url>`` → 302 to ``to``.
 Every request's headers are also kept in ``backend.seen`` so tests can search all of them (e.g. for
-the incoming access token, which must never arrive).
+the incoming access token, which must never arrive). With ``set_cookie="name=value"`` every echo
+answer also sets that cookie (like a backend with session middleware), to test that no session keeps it.
 
 >>> with running_echo() as a, running_echo() as b:   # two ports = two origins
 ...     requests.get(f"{a.url}/redirect", params={"to": f"{b.url}/echo/x"})
@@ -26,6 +27,8 @@ class EchoBackend:
     seen: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     server: ServerThread | None = None
+    #: ``"name=value"``: sent as ``Set-Cookie`` on every ``/echo`` answer
+    set_cookie: str | None = None
 
     @property
     def url(self) -> str:
@@ -48,7 +51,10 @@ class EchoBackend:
         @app.route("/echo/", defaults={"path": ""}, methods=["GET", "POST"])
         @app.route("/echo/<path:path>", methods=["GET", "POST"])
         def echo(path: str) -> Any:
-            return jsonify(headers=dict(request.headers), path=path)
+            resp = jsonify(headers=dict(request.headers), path=path)
+            if self.set_cookie:
+                resp.headers["Set-Cookie"] = f"{self.set_cookie}; Path=/"
+            return resp
 
         @app.get("/redirect")
         def go() -> Any:

@@ -3,7 +3,8 @@
 It checks what a real STS checks (RFC 8693 §2.1: form-encoded POST, the token-exchange grant type,
 ``subject_token`` + ``subject_token_type``; RFC 6749 §2.3.1 HTTP Basic client auth with form-urlencoded
 id/secret), records every call, and answers with a fresh access token per call. ``sts.mode`` makes it
-misbehave in the ways tests need: an OAuth error body, a 200 without ``issued_token_type``,
+misbehave in the ways tests need (and ``sts.set_cookie`` makes it set a cookie on every successful
+answer; each call records the ``Cookie`` header it came with): an OAuth error body, a 200 without ``issued_token_type``,
 ``token_type: N_A``, an HTML error page, garbage, or a reply slower than the client's timeout.
 
 >>> with running_sts() as sts:
@@ -37,6 +38,7 @@ class Call:
     form: dict[str, str]
     client_id: str | None
     content_type: str
+    cookie: str | None = None
 
 
 @dataclass
@@ -52,6 +54,8 @@ class FakeSTS:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seq: Any = field(default_factory=lambda: itertools.count(1))
     server: ServerThread | None = None
+    #: ``"name=value"``: sent as ``Set-Cookie`` on every successful answer
+    set_cookie: str | None = None
 
     @property
     def call_count(self) -> int:
@@ -78,7 +82,8 @@ class FakeSTS:
                 time.sleep(self.delay)
             client = self._client()
             with self._lock:
-                self.calls.append(Call(dict(request.form), client, request.content_type or ""))
+                self.calls.append(Call(dict(request.form), client, request.content_type or "",
+                                       request.headers.get("Cookie")))
                 seq = next(self._seq)
             if client is None:
                 return _error("invalid_client", 401)
@@ -113,7 +118,10 @@ class FakeSTS:
                 body["token_type"] = "N_A"
             if mode == "no_expires":
                 del body["expires_in"]
-            return jsonify(body)
+            resp = jsonify(body)
+            if self.set_cookie:
+                resp.headers["Set-Cookie"] = f"{self.set_cookie}; Path=/"
+            return resp
 
         return app
 
