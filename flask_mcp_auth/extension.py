@@ -152,8 +152,9 @@ class MCPAuth:
 def _harden_session_cookie(app: Flask, issuer: str) -> None:
     """The AS keeps browser-binding ids in Flask's session (SPEC §3.4), so its cookie is a login
     credential (TESTPLAN AZ-18). Settings the app left at Flask's defaults are tightened:
-    SameSite=Lax (Flask already defaults to HttpOnly), and — when the issuer is https — Secure with
-    the ``__Host-`` name prefix (no Domain, Path=/). Values the app chose itself are kept."""
+    SameSite=Lax (Flask already defaults to HttpOnly), and — when the issuer is https — always Secure,
+    plus the ``__Host-`` name prefix when name, domain and path are Flask's defaults. A SameSite value
+    or cookie name the app chose itself is kept."""
     config = app.config
     if config.get("SESSION_COOKIE_SAMESITE") is None:
         config["SESSION_COOKIE_SAMESITE"] = "Lax"

@@ -31,5 +31,5 @@ token_revoked = _signals.signal("mcp-auth-token-revoked")
 upstream_token_refreshed = _signals.signal("mcp-auth-upstream-token-refreshed")
 #: sender: the app; kwargs: backend, cache_hit (bool), subject
 token_exchanged = _signals.signal("mcp-auth-token-exchanged")
-#: sender: the app; kwargs: reason (short code such as "expired", "bad_signature"), path
+#: sender: the app; kwargs: reason (short code such as "token_expired", "token_rejected"), path
 authentication_failed = _signals.signal("mcp-auth-authentication-failed")

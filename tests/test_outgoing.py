@@ -676,3 +676,23 @@ def test_backend_auth_drops_credential_on_scheme_upgrade_redirect() -> None:
         for hook in prepared.hooks["response"]:
             hook(response)
         assert ("Authorization" in prepared.headers) is kept, location
+
+
+def test_with_backend_answers_options_itself(echo_a: EchoBackend) -> None:
+    """A route listing OPTIONS with only ``with_backend`` never runs the view on a preflight."""
+    app, auth = make_app({"gh": {"strategy": "upstream_inject", "provider": "github", "url": echo_a.url}})
+    ran: list[Any] = []
+
+    @app.route("/sync", methods=["POST", "OPTIONS"])
+    @auth.with_backend("gh")
+    def sync(gh: requests.Session) -> Any:
+        ran.append(request.method)
+        return {"ok": True}
+
+    resp = app.test_client().options("/sync")
+    assert resp.status_code == 200
+    assert resp.get_data() == b""
+    assert "POST" in resp.headers["Allow"]
+    assert ran == []
+    assert app.test_client().post("/sync").status_code == 401  # no token: challenge, view not run
+    assert ran == []

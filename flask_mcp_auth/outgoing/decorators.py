@@ -138,14 +138,17 @@ def with_backend(name: str, arg: str | None = None) -> Callable[[F], F]:
             runtime = _runtime()
             strategy = _lookup(runtime, name)
             identity: Identity | None = g.get("identity")
-            if request.method != "OPTIONS":
-                try:
-                    # UpstreamTokenNotFound propagates to its handler (ours: 401 re-authorize challenge)
-                    strategy.check(identity)
-                except (InvalidToken, UpstreamTokenNotFound):
-                    if identity is None:
-                        return challenge_response(runtime, None)  # no token at all: plain challenge
-                    raise
+            if request.method == "OPTIONS":
+                # Preflight: Flask's default answer, like required(); the view would run with no
+                # credential check at all.
+                return current_app.make_default_options_response()
+            try:
+                # UpstreamTokenNotFound propagates to its handler (ours: 401 re-authorize challenge)
+                strategy.check(identity)
+            except (InvalidToken, UpstreamTokenNotFound):
+                if identity is None:
+                    return challenge_response(runtime, None)  # no token at all: plain challenge
+                raise
             kwargs[keyword] = make_session(runtime, [name], identity=identity)
             return current_app.ensure_sync(view)(*args, **kwargs)
 

@@ -4,11 +4,12 @@ Single process only: with several workers or hosts use :class:`~flask_mcp_auth.s
 Generic values are kept as canonical JSON text, exactly as Redis would hold them, so both backends
 behave alike (and a caller can never mutate a stored record through a returned dict).
 
-Memory layout (SPEC §9: 100 000 sessions with 3 providers well under 300 MB): one entry per session holds
-its upstream token index *and* the blobs (``provider -> (expires_at, blob)``), so a session costs two
-entries (index + metadata) whatever the number of providers. Expiry is tracked in a min-heap with at
-most one pending item per key in the common case (a TTL that only grows is re-queued lazily when the
-old deadline pops), and swept every ``sweep_interval`` seconds.
+Memory layout (SPEC §9: 100 000 sessions with 3 providers under 300 MB; ``bench/memory.py`` measures
+it): one entry per session holds its upstream token index *and* the blobs
+(``provider -> (expires_at, blob)``), so a session costs two entries (index + metadata) whatever
+the number of providers. Expiry is tracked in a min-heap with at most one pending item per key in the
+common case (a TTL that only grows is re-queued lazily when the old deadline pops), and swept every
+``sweep_interval`` seconds.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ calling the upstream themselves (SPEC §4.2: "the others wait and reuse the resu
 failing IdP therefore costs at most one upstream call per ``(sid, provider)`` per window.
 
 When a token is due: ``min(30 s, lifetime / 2)`` before it expires when its lifetime is known
-(``issued_at`` is recorded at refresh), else 30 s — a 20-second token is not "expired" on arrival.
+(``issued_at`` is recorded at login and at every refresh), else 30 s — a 20-second token is not
+"expired" on arrival.
 
 No Flask here: callers pass storage, vault and clients explicitly.
 """
