@@ -39,11 +39,34 @@ def idp() -> Iterator[FakeOIDC]:
         yield fake
 
 
+#: storage calls that change content (``touch_client``/``expire`` only slide a TTL)
+_MUTATORS = ("swap", "incr", "add_client", "set_session", "put_upstream_token", "put_refreshed_token",
+             "revoke_session", "delete_session", "delete", "take")
+_WRITES: dict[int, list[str]] = {}
+
+
+def _record_writes(server: ASServer) -> None:
+    """Record every content-changing storage call besides ``put`` (which ``server.spy`` sees)."""
+    writes = _WRITES.setdefault(id(server), [])
+    for name in _MUTATORS:
+        real = getattr(server.storage, name)
+
+        def wrapper(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            writes.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(server.storage, name, wrapper)
+
+
 @pytest.fixture()
 def srv(idp: FakeOIDC, storage_url: str) -> Iterator[ASServer]:
     with serve_as([idp.upstream_entry("corp")], storage_url, MCP_AUTH_CLIENTS=CLIENTS,
                   MCP_AUTH_ALLOWED_AUDIENCES=["{issuer}/mcp", "{issuer}/other"]) as server:
-        yield server
+        _record_writes(server)
+        try:
+            yield server
+        finally:
+            _WRITES.pop(id(server), None)
 
 
 def _params(**overrides: str | None) -> dict[str, str]:
@@ -63,8 +86,9 @@ def _get(srv: ASServer, query: str | dict[str, str], **headers: str) -> requests
 
 
 def _assert_untouched(srv: ASServer, idp: FakeOIDC) -> None:
-    """Nothing stored, no upstream contacted."""
+    """Nothing stored (or deleted), no upstream contacted."""
     assert srv.spy.puts == []
+    assert _WRITES.get(id(srv), []) == []
     assert idp.authorize_calls == 0
 
 
@@ -358,10 +382,22 @@ _ERROR_CASES = [
 ]
 
 
+def _expected_error(overrides: dict[str, str | None]) -> str:
+    """The one OAuth error code each of ``_ERROR_CASES`` must produce."""
+    if overrides.get("response_type") == "token":
+        return "unsupported_response_type"
+    if "scope" in overrides:
+        return "invalid_scope"
+    if "resource" in overrides:
+        return "invalid_target"
+    return "invalid_request"
+
+
 def _register(srv: ASServer, uris: list[str]) -> str:
     reg = requests.post(f"{srv.url}/oauth/register", json={"redirect_uris": uris, "client_name": "Dyn"},
                         timeout=10)
     assert reg.status_code == 201, reg.text
+    _WRITES.get(id(srv), []).clear()  # registering is not what the tests check for writes
     return str(reg.json()["client_id"])
 
 
@@ -396,8 +432,7 @@ def test_approved_dynamic_client_gets_error_redirect(srv: ASServer, idp: FakeOID
     assert flow.reached_client and "code" in flow.params
     resp = browser.request("GET", f"{srv.url}/oauth/authorize?{urlencode(_params(client_id=cid, **overrides))}")
     back = _error_redirect(resp)
-    assert back["error"][0] in ("invalid_request", "unsupported_response_type", "invalid_scope",
-                                "invalid_target")
+    assert back["error"] == [_expected_error(overrides)]
     assert back["iss"] == [srv.url] and set(back) <= {"error", "state", "iss"}
     assert back.get("state", ["xyz"]) == ["xyz"]
     # the approval belongs to that browser and that client only

@@ -367,14 +367,18 @@ def test_cb10_upstream_error_on_leg2_cleans_leg1(srv: ASServer,
     assert _pending_count(srv) == 0
 
 
-@pytest.mark.parametrize("failure", ["http_500_html", "http_400_invalid_grant", "garbage"])
+@pytest.mark.parametrize(("failure", "expected"), [
+    ("http_500_html", "server_error"),  # upstream unavailable
+    ("http_400_invalid_grant", "access_denied"),  # upstream refused the code (SPEC §3.3 step 5)
+    ("garbage", "server_error"),
+])
 def test_cb12_leg2_exchange_fails(srv: ASServer, idps: tuple[FakeOIDC, FakeOIDC, FakeGitHub],
-                                  failure: str) -> None:
+                                  failure: str, expected: str) -> None:
     _corp, partner, gh = idps
     partner.token_failure = failure
     flow = _login(srv)
     assert flow.reached_client and "code" not in flow.params
-    assert flow.error in ("server_error", "access_denied")
+    assert flow.error == expected
     assert flow.params["state"] == [flow.state] and flow.params["iss"] == [srv.url]
     assert partner.code_exchanges == 1  # one upstream call per leg, no retry
     assert gh.authorize_calls == 0
@@ -792,6 +796,7 @@ def test_sh02_no_secrets_in_logs(srv: ASServer, idps: tuple[FakeOIDC, FakeOIDC, 
         secrets_seen.update(s for s in (fake.client_secret,) if s)
     sid = _verify_jwt(srv, token["access_token"])["tsid"]
     tokens = srv.runtime.vault.decode_all(sid, srv.storage.load_session(sid).tokens)  # type: ignore[union-attr]
+    assert len(tokens) == 3  # corp, partner and GitHub tokens are all among the needles
     for t in tokens.values():
         secrets_seen.update(s for s in (t.access_token, t.refresh_token, t.id_token) if s)
     secrets_seen.add(sid)
@@ -802,8 +807,11 @@ def test_sh02_no_secrets_in_logs(srv: ASServer, idps: tuple[FakeOIDC, FakeOIDC, 
     records = [r for r in caplog.records if not (r.thread == main and r.name.startswith("urllib3"))]
     assert any(r.name.startswith("flask_mcp_auth") for r in records)
     assert any(r.name.startswith("urllib3") for r in records)  # the AS's own upstream calls
-    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in records)
+    # Formatter.format adds the exception and stack text of each record, not only its message
+    formatter = logging.Formatter("%(name)s %(message)s")
+    text = "\n".join(formatter.format(r) for r in records)
     assert caplog.records, "expected some log records"
+    assert {flow.code, flow.verifier, token["refresh_token"]} <= secrets_seen
     for secret in secrets_seen:
         assert secret not in text
     assert "Something went wrong" not in text  # the upstream's HTML body

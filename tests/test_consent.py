@@ -83,7 +83,7 @@ def test_browser_state_cookie_is_httponly_random_ids(srv: ASServer) -> None:
     _open_consent(srv, browser)
     first = browser.hops[0]
     cookie = first.headers["Set-Cookie"]
-    assert cookie.startswith("as_session=") and "HttpOnly" in cookie
+    assert cookie.startswith("as_session=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     # the session holds random ids only — nothing of the request (state, challenge) is in it
     value = browser.http.cookies["as_session"]
     data = srv.app.session_interface.get_signing_serializer(srv.app).loads(value)  # type: ignore[attr-defined]
@@ -144,12 +144,13 @@ def test_az17_form_from_another_browser(srv: ASServer, idps: tuple[FakeOIDC, Fak
     assert resp.status_code == 403 and "Set-Cookie" not in resp.headers
     # the victim's request with the attacker's token
     resp = _post(srv, victim, {**victim_fields, "csrf": attacker_fields["csrf"], "action": "approve"})
-    assert resp.status_code == 403
+    assert resp.status_code == 403 and "Set-Cookie" not in resp.headers and "Location" not in resp.headers
     # a browser without any session
     resp = requests.post(f"{srv.url}/oauth/consent", data={**victim_fields, "action": "approve"},
                          allow_redirects=False, timeout=10)
-    assert resp.status_code == 403
+    assert resp.status_code == 403 and "Set-Cookie" not in resp.headers and "Location" not in resp.headers
     assert idps[0].authorize_calls == 0
+    assert not any(kind == "pending" for kind, _ in srv.spy.puts)  # no chain was started
     # opening someone else's consent page is refused too
     assert victim.request("GET", f"{srv.url}/oauth/consent?request={attacker_fields['request']}"
                           ).status_code == 403
@@ -159,8 +160,11 @@ def test_consent_single_use(srv: ASServer) -> None:
     browser = Browser()
     _page, fields = _open_consent(srv, browser)
     assert _post(srv, browser, {**fields, "action": "approve"}).status_code == 303
+    pending = [key for kind, key in srv.spy.puts if kind == "pending"]
+    assert len(pending) == 1
     again = _post(srv, browser, {**fields, "action": "approve"})
     assert again.status_code == 400 and "Location" not in again.headers
+    assert [key for kind, key in srv.spy.puts if kind == "pending"] == pending  # no second chain
     assert browser.request("GET", f"{srv.url}/oauth/consent?request={fields['request']}"
                            ).status_code == 400
 
@@ -171,6 +175,7 @@ def test_bad_action_and_unknown_request(srv: ASServer) -> None:
     assert _post(srv, browser, {**fields, "action": "maybe"}).status_code == 400
     assert _post(srv, browser, {**fields, "request": "nope", "action": "approve"}).status_code == 400
     assert browser.request("GET", f"{srv.url}/oauth/consent").status_code == 400
+    assert not any(kind == "pending" for kind, _ in srv.spy.puts)  # none of those started a chain
     assert _post(srv, browser, {**fields, "action": "approve"}).status_code == 303  # still usable
 
 

@@ -356,7 +356,9 @@ def test_required_keeps_view_metadata_and_answers_options_itself() -> None:
 
 
 def test_async_view_runs_through_ensure_sync() -> None:
-    pytest.importorskip("asgiref")
+    import asgiref  # a test dependency (setup.cfg): a missing one must fail, not silently skip
+
+    assert asgiref.__version__
     app = make_app()
     from flask_mcp_auth.identity import required
 

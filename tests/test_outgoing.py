@@ -186,6 +186,9 @@ def test_ob01_header_injection_and_unauthenticated_strip_authorization(
 
     resp = app.test_client().get("/both", headers=_as(app, "alice"))
     assert resp.json == {"a_key": "static-key", "a_auth": None, "b_auth": None}
+    for backend in (echo_a, echo_b):  # the inbound JWT reached neither, under any header
+        assert backend.seen and backend.headers_containing(_tok(app, "alice")) == []
+    assert echo_b.headers_containing("static-key") == []
 
 
 def test_ob01_mount_prefix_does_not_match_lookalike_origins() -> None:

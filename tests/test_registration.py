@@ -139,6 +139,11 @@ def test_rg05_client_chosen_identifiers_ignored(store_url: str) -> None:
     assert body["client_id_issued_at"] > 1
     assert "client_secret" not in body and "sub" not in body and "registration_access_token" not in body
     assert client_registry(runtime(app)).get("admin") is None
+    # the client-chosen secret was not kept either: the client is public, no secret hash stored
+    record = runtime(app).storage.get("client", body["client_id"])
+    assert record is not None and "mine" not in json.dumps(record) and not record.get("secret_hash")
+    client = client_registry(runtime(app)).get(body["client_id"])
+    assert client is not None and client.is_public
 
 
 def test_rg05_confidential_registration(store_url: str) -> None:
@@ -399,7 +404,8 @@ def test_odd_types_never_500_through_http(store_url: str) -> None:
                  '[]', 'null', '"x"', '{"redirect_uris":[null]}'):
         resp = client.post("/oauth/register", data=body, content_type="application/json")
         assert resp.status_code == 400, (body, resp.status_code)
-        assert resp.get_json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+        expected = "invalid_redirect_uri" if body == '{"redirect_uris":[null]}' else "invalid_client_metadata"
+        assert resp.get_json()["error"] == expected, body
     assert stored_clients(app) == []
 
 

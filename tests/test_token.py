@@ -58,9 +58,12 @@ def public_id(client: FlaskClient) -> str:
 
 
 def error_of(resp: Any) -> str:
-    assert resp.status_code in (400, 401), resp.status_code
+    """The OAuth error code; the status must be the one RFC 6749 §5.2 fixes for it (401 only for
+    ``invalid_client``, 400 for everything else)."""
     assert resp.headers["Cache-Control"] == "no-store"
-    return str(resp.get_json()["error"])
+    error = str(resp.get_json()["error"])
+    assert resp.status_code == (401 if error == "invalid_client" else 400), (resp.status_code, error)
+    return error
 
 
 def login(app: Flask, client: FlaskClient, client_id: str,
@@ -303,6 +306,7 @@ def test_concurrent_redemptions_issue_at_most_once(app: Flask, public_id: str) -
         t.start()
     for t in threads:
         t.join()
+    assert len(results) == 8  # every thread got an answer (none died before appending)
     winners = [body for status, body in results if status == 200]
     assert len(winners) <= 1
     assert all(body["error"] == "invalid_grant" for status, body in results if status != 200)
