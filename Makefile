@@ -41,6 +41,8 @@ bench: venv
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/refresh.py
+	$(BIN)/python bench/keyspace.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

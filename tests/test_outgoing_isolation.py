@@ -12,83 +12,52 @@ Real loopback backends (``tests/support/echo.py``) and a loopback STS (``tests/s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from flask import Flask, g, request
+from flask import Flask, request
 
-from flask_mcp_auth import Identity, MCPAuth
+from flask_mcp_auth import MCPAuth
 from flask_mcp_auth._http import NoCookieJar, fetch, make_protocol_session
-from flask_mcp_auth.keys import generate_rsa_pem
-from flask_mcp_auth.testing import issue_token
-from tests.support.echo import EchoBackend, running_echo
-from tests.support.sts import FakeSTS, running_sts
-
-PEM = generate_rsa_pem()
-ISSUER = "http://127.0.0.1:5000"
-UPSTREAMS = [
-    {"name": name, "type": "oauth2", "client_id": f"{name}-client", "client_secret": "x",
-     "authorization_endpoint": f"https://{name}.example/authorize",
-     "token_endpoint": f"https://{name}.example/token"}
-    for name in ("github", "corp")
-]
-USERS = {
-    "alice": {"github": "gh-alice-token", "corp": "corp-alice-token"},
-    "bob": {"github": "gh-bob-token", "corp": "corp-bob-token"},
-}
+from tests import test_outgoing as _outgoing
+from tests.support.echo import EchoBackend
+from tests.support.sts import FakeSTS
+from tests.test_outgoing import _ident, _tok
+from tests.test_outgoing import make_app as _outgoing_app
 
 
 def make_app(backends: dict[str, Any]) -> tuple[Flask, MCPAuth, dict[str, str]]:
-    app = Flask(__name__)
-    app.config.update(
-        TESTING=True, SECRET_KEY="s" * 32, MCP_AUTH_ISSUER=ISSUER, MCP_AUTH_RESOURCE=f"{ISSUER}/mcp",
-        MCP_AUTH_SIGNING_KEYS=[PEM], MCP_AUTH_UPSTREAMS=UPSTREAMS, MCP_AUTH_BACKENDS=backends,
-        MCP_AUTH_UPSTREAM_TIMEOUT=3,
-    )
-    auth = MCPAuth(app)
-    tokens = {user: issue_token(app, user, upstream_tokens=up) for user, up in USERS.items()}
-    return app, auth, tokens
+    """test_outgoing's app (same issuer, upstreams and users); returns each user's access token too."""
+    app, auth = _outgoing_app(backends)
+    return app, auth, {user: _tok(app, user) for user in ("alice", "bob")}
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _ident(app: Flask, token: str) -> Identity:
-    with app.test_request_context("/", headers=_bearer(token)):
-        app.preprocess_request()
-        identity: Identity = g.identity
-    return identity
-
-
 def _cookies_seen(backend: EchoBackend) -> list[str | None]:
     return [h.get("Cookie") for h in backend.seen]
 
 
-@pytest.fixture()
-def api() -> Iterator[EchoBackend]:
-    with running_echo() as backend:
-        yield backend
+# test_outgoing's loopback echo backends and STS (fixtures), under the names these tests read best with
+echo_a, echo_b, echo_c, sts = _outgoing.echo_a, _outgoing.echo_b, _outgoing.echo_c, _outgoing.sts
 
 
 @pytest.fixture()
-def api2() -> Iterator[EchoBackend]:
-    with running_echo() as backend:
-        yield backend
+def api(echo_a: EchoBackend) -> EchoBackend:
+    return echo_a
 
 
 @pytest.fixture()
-def evil() -> Iterator[EchoBackend]:
-    with running_echo() as backend:
-        yield backend
+def api2(echo_b: EchoBackend) -> EchoBackend:
+    return echo_b
 
 
 @pytest.fixture()
-def sts() -> Iterator[FakeSTS]:
-    with running_sts() as server:
-        yield server
+def evil(echo_c: EchoBackend) -> EchoBackend:
+    return echo_c
 
 
 # --- cookies ---------------------------------------------------------------------------------------------
@@ -239,10 +208,10 @@ def test_ob01_redirect_into_backend_through_with_backend_and_manual_follow(
 
 
 def test_redirect_within_one_backend_keeps_the_credential(api: EchoBackend) -> None:
-    app, auth, tokens = make_app({"gh": {"strategy": "upstream_inject", "provider": "github", "url": api.url}})
+    app, auth, _tokens = make_app({"gh": {"strategy": "upstream_inject", "provider": "github", "url": api.url}})
     with app.app_context():
         s = auth.session()
-    s.identity = _ident(app, tokens["alice"])
+    s.identity = _ident(app, "alice")
     # one hop, then two hops, all inside the backend's prefix (e.g. /v1/x -> /v1/y)
     inner = f"{api.url}/redirect?to={api.url}/echo/final"
     for start in (f"{api.url}/echo/final", inner):
@@ -254,10 +223,10 @@ def test_redirect_within_one_backend_keeps_the_credential(api: EchoBackend) -> N
 def test_redirect_that_left_the_backend_does_not_regain_it(
     api: EchoBackend, api2: EchoBackend, evil: EchoBackend
 ) -> None:
-    app, auth, tokens = _two_backends(api, api2)
+    app, auth, _tokens = _two_backends(api, api2)
     with app.app_context():
         s = auth.session()
-    s.identity = _ident(app, tokens["alice"])
+    s.identity = _ident(app, "alice")
     # backend -> untrusted page -> back into the backend: the untrusted page chose the last URL
     back = f"{evil.url}/redirect?to={api.url}/echo/back"
     r = s.get(f"{api.url}/redirect", params={"to": back}, timeout=5)

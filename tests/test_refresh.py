@@ -185,20 +185,19 @@ def _child() -> None:
     if delay > 0:
         time.sleep(delay)
     resp = client.get("/needs-corp", headers=bearer(os.environ["H3_TOKEN"]))
-    body = resp.get_json()
+    body = resp.get_json(silent=True) or {}
     print(json.dumps({"status": resp.status_code, "corp": body.get("upstream", {}).get("corp")}))
 
 
-def test_two_processes_on_redis_make_one_refresh_call(redis_url: str, idp: TokenEndpoint) -> None:
-    idp.delay = 0.5
-    app = refresh_app(redis_url, idp)
-    token = issue_token(app, "alice", {"corp": expired(idp)})
+def run_workers(redis_url: str, idp: TokenEndpoint, token: str, count: int, start_in: float) -> list[dict[str, Any]]:
+    """Start ``count`` processes running :func:`_child` against the shared Redis, all making their request
+    ``start_in`` seconds from now; return each one's ``{"status", "corp"}``."""
     env = {**os.environ, "H3_REDIS": redis_url, "H3_UPSTREAM": json.dumps(idp.upstream_entry("corp")),
-           "H3_PEM": PEM, "H3_TOKEN": token, "H3_START_AT": str(time.time() + 4)}
+           "H3_PEM": PEM, "H3_TOKEN": token, "H3_START_AT": str(time.time() + start_in)}
     procs = [subprocess.Popen([sys.executable, "-c", "from tests.test_refresh import _child; _child()"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outputs = []
+             for _ in range(count)]
+    outputs: list[dict[str, Any]] = []
     try:
         for proc in procs:
             out, err = proc.communicate(timeout=60)
@@ -208,6 +207,14 @@ def test_two_processes_on_redis_make_one_refresh_call(redis_url: str, idp: Token
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    return outputs
+
+
+def test_two_processes_on_redis_make_one_refresh_call(redis_url: str, idp: TokenEndpoint) -> None:
+    idp.delay = 0.5
+    app = refresh_app(redis_url, idp)
+    token = issue_token(app, "alice", {"corp": expired(idp)})
+    outputs = run_workers(redis_url, idp, token, count=2, start_in=4)
     assert [o["status"] for o in outputs] == [200, 200]
     assert outputs[0]["corp"] == outputs[1]["corp"]
     assert outputs[0]["corp"].startswith("at-")

@@ -8,10 +8,6 @@ every request. Calls are counted at the upstream; nothing here asserts on elapse
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +23,8 @@ from flask_mcp_auth.upstream.base import UpstreamUnavailable
 from flask_mcp_auth.upstream.refresh import FAILURE_KIND, MAX_SKEW, Refresher, refresh_due, refresh_skew
 from tests.support.token_endpoint import TokenEndpoint
 from tests.test_http_deadline import DribbleServer
-from tests.test_identity import PEM, _upstream, bearer, make_app
-from tests.test_refresh import NEW, OLD, REPO, CountingClient, _vault, expired, refresh_app, stored
+from tests.test_identity import _upstream, bearer, make_app
+from tests.test_refresh import NEW, OLD, CountingClient, _vault, expired, refresh_app, run_workers, stored
 
 
 @pytest.fixture()
@@ -157,38 +153,12 @@ def test_lapsed_or_malformed_marker_does_not_block_a_refresh(marker: dict[str, A
     assert store.get(FAILURE_KIND, "sid:corp") is None  # cleared by the success
 
 
-def _child() -> None:
-    """Run in a subprocess: one worker process on the shared Redis making one request at START_AT."""
-    app = make_app(os.environ["B_REDIS"], upstreams=[json.loads(os.environ["B_UPSTREAM"]), _upstream("github")],
-                   MCP_AUTH_SIGNING_KEYS=[os.environ["B_PEM"]])
-    client = app.test_client()
-    delay = float(os.environ["B_START_AT"]) - time.time()
-    if delay > 0:
-        time.sleep(delay)
-    resp = client.get("/needs-corp", headers=bearer(os.environ["B_TOKEN"]))
-    print(json.dumps({"status": resp.status_code}))
-
-
 def test_three_processes_on_redis_with_a_failing_idp_make_one_call(redis_url: str, idp: TokenEndpoint) -> None:
     idp.failure = "503"
     idp.delay = 1.0  # keeps the lock held while the others arrive and wait on it
     app = refresh_app(redis_url, idp)
     token = issue_token(app, "alice", {"corp": expired(idp)})
-    env = {**os.environ, "B_REDIS": redis_url, "B_UPSTREAM": json.dumps(idp.upstream_entry("corp")),
-           "B_PEM": PEM, "B_TOKEN": token, "B_START_AT": str(time.time() + 5)}
-    procs = [subprocess.Popen([sys.executable, "-c", "from tests.test_refresh_backoff import _child; _child()"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    outputs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err[-2000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    outputs = run_workers(redis_url, idp, token, count=3, start_in=5)  # same worker as test_refresh's
     assert [o["status"] for o in outputs] == [503, 503, 503]
     assert idp.refresh_calls == 1
     row = stored(app, token)

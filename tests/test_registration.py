@@ -17,7 +17,7 @@ from flask_mcp_auth.server import digest
 from flask_mcp_auth.server.blueprint import client_registry
 from flask_mcp_auth.server.clients import CLIENT_TTL, Client, ClientRegistry
 from flask_mcp_auth.storage.memory import MemoryStorage
-from tests.support.as_unit import ISSUER, RESOURCE, UPSTREAM, make_app, runtime
+from tests.support.as_unit import ISSUER, RESOURCE, UPSTREAM, make_app, pkce_pair, put_code, redeem, runtime
 from tests.support.servers import serve
 
 
@@ -448,3 +448,43 @@ def test_valid_non_ascii_text_accepted() -> None:
     resp = post(app, {"redirect_uris": _URIS, "client_name": "Zoë app 😀 日本", "contacts": ["zoë@example.com"]})
     assert resp.status_code == 201
     assert resp.get_json()["client_name"] == "Zoë app 😀 日本"
+
+
+def test_rg05_client_secret_only_for_confidential_and_only_once(store_url: str) -> None:
+    """RFC 7591 §3.2.1 returns the secret in the registration response; nothing returns it again:
+    no read route (RFC 7592 is not offered), no metadata or token response, the store holds a digest."""
+    app = make_app(store_url, MCP_AUTH_CONFIDENTIAL_REGISTRATION=True)
+    client = app.test_client()
+    public = post(app, {"redirect_uris": ["https://c.example/cb"]})
+    assert public.status_code == 201
+    assert "client_secret" not in public.get_json() and "client_secret_expires_at" not in public.get_json()
+    resp = post(app, {"redirect_uris": ["https://c.example/cb"], "token_endpoint_auth_method": "client_secret_post"})
+    assert resp.status_code == 201
+    body = resp.get_json()
+    secret, cid = body["client_secret"], body["client_id"]
+    assert "registration_access_token" not in body and "registration_client_uri" not in body
+    # no way to read a registration back
+    assert client.get("/oauth/register").status_code == 405
+    for path in (f"/oauth/register/{cid}", f"/oauth/register?client_id={cid}"):
+        for method in ("GET", "PUT", "DELETE"):
+            got = client.open(path, method=method)
+            assert got.status_code in (404, 405), (path, method, got.status_code)
+            assert secret not in got.get_data(as_text=True)
+    # the store holds only its digest
+    for cid_stored in stored_clients(app):
+        record = runtime(app).storage.get("client", cid_stored)
+        assert record is not None and secret not in json.dumps(record)
+    confidential = runtime(app).storage.get("client", cid)
+    assert confidential is not None and confidential["secret_hash"] == digest(secret)
+    # every GET route of the app, and a token response for this client, leave it out too
+    for rule in app.url_map.iter_rules():
+        if "GET" in (rule.methods or set()) and not rule.arguments:
+            assert secret not in client.get(rule.rule).get_data(as_text=True), rule.rule
+    verifier, challenge = pkce_pair()
+    code, _sid = put_code(app, client_id=cid, challenge=challenge, redirect_uri="https://c.example/cb")
+    token = redeem(client, code, verifier, cid, "https://c.example/cb", client_secret=secret)
+    assert token.status_code == 200, token.get_json()
+    assert secret not in token.get_data(as_text=True)
+    assert secret not in json.dumps(post(app, {"redirect_uris": ["https://c.example/cb"],
+                                               "token_endpoint_auth_method": "client_secret_post"}
+                                         ).get_json())
