@@ -42,6 +42,13 @@ __all__ = ["HTTPFailure", "NoCookieJar", "Reply", "fetch", "make_protocol_sessio
 #: Largest single read from the body; ``read1`` returns what one socket read gives, up to this.
 _CHUNK = 16 * 1024
 
+#: Most worker threads alive at once per process. A worker whose caller gave up ends at its next
+#: socket read, but an upstream dribbling its headers can keep it longer; the cap keeps such
+#: stragglers from piling up without bound: when it is reached, calls wait for a slot only until
+#: their own deadline and then fail with ``"timeout"`` (a clean 503 upstream of the caller).
+MAX_IN_FLIGHT = 64
+_in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+
 
 class HTTPFailure(Exception):
     """A call that produced no usable response. ``reason`` is one of ``"timeout"`` (the total deadline
@@ -93,13 +100,20 @@ def fetch(http: requests.Session, method: str, url: str, *, verify: bool | str, 
     remaining = end - time.monotonic()
     if remaining <= 0:
         raise HTTPFailure("timeout")
+    slots = _in_flight  # the worker releases the very semaphore it was admitted by
+    if not slots.acquire(timeout=remaining):
+        raise HTTPFailure("timeout")  # every slot held by slow calls: fail within our own deadline
     call = _Call()
     worker = threading.Thread(
-        target=_run, args=(call, http, method, url, verify, timeout, max_body, end, kwargs),
+        target=_run, args=(call, slots, http, method, url, verify, timeout, max_body, end, kwargs),
         name="flask_mcp_auth-http", daemon=True,
     )
-    worker.start()
-    if not call.done.wait(remaining):
+    try:
+        worker.start()
+    except RuntimeError:  # the process cannot start another thread
+        slots.release()
+        raise HTTPFailure("timeout") from None
+    if not call.done.wait(max(0.0, end - time.monotonic())):
         call.abandoned = True  # the worker closes the response at its next read (or on arrival)
         raise HTTPFailure("timeout")
     if call.error is not None:
@@ -108,13 +122,15 @@ def fetch(http: requests.Session, method: str, url: str, *, verify: bool | str, 
     return call.reply
 
 
-def _run(call: _Call, http: requests.Session, method: str, url: str, verify: bool | str,
-         timeout: float, max_body: int, end: float, kwargs: dict[str, Any]) -> None:
+def _run(call: _Call, slots: threading.BoundedSemaphore, http: requests.Session, method: str,
+         url: str, verify: bool | str, timeout: float, max_body: int, end: float,
+         kwargs: dict[str, Any]) -> None:
     try:
         call.reply = _request(call, http, method, url, verify, timeout, max_body, end, kwargs)
     except BaseException as exc:  # handed to the caller; nothing may escape a worker thread
         call.error = exc
     finally:
+        slots.release()  # the slot is the thread's, held until it really ends
         call.done.set()
 
 

@@ -276,9 +276,11 @@ class Settings:
 
 
 def _default_storage_prefix(issuer: Any) -> str:
-    """``mcp-auth:{<host>:<port>:<8 hex of sha256(issuer)>}:``.
+    """SPEC §2's ``mcp-auth:{<issuer host>}:`` for an issuer on its scheme's default port with no path;
+    otherwise ``mcp-auth:{<host>:<port>:<8 hex of sha256(issuer)>}:``.
 
-    For example ``https://mcp.example.com:8443`` gives ``mcp-auth:{mcp.example.com:8443:af2dd403}:``.
+    For example ``https://mcp.example.com`` gives ``mcp-auth:{mcp.example.com}:`` and
+    ``https://mcp.example.com:8443`` gives ``mcp-auth:{mcp.example.com:8443:af2dd403}:``.
 
     Host and port keep it readable; the hash of the full issuer keeps two issuers on one host (other
     port or path) apart, so two authorization servers on one Redis never share clients, codes, consent
@@ -293,6 +295,8 @@ def _default_storage_prefix(issuer: Any) -> str:
         host = None
     if not host:
         return "mcp-auth:{default}:"
+    if parts.port is None and not parts.path:
+        return f"mcp-auth:{{{host}}}:"  # the canonical case keeps SPEC's documented default
     digest = hashlib.sha256(str(issuer).encode("utf-8")).hexdigest()[:8]
     return f"mcp-auth:{{{host}:{port}:{digest}}}:"
 

@@ -594,16 +594,17 @@ def _bearer(header: str) -> str | None:
 
 
 def _path_matcher(paths: Iterable[str]) -> Callable[[str], bool] | None:
-    """A test for ``MCP_AUTH_PROTECTED_PATHS``, matching whole path segments: ``/mcp`` (or ``/mcp/``)
-    covers ``/mcp``, ``/mcp/`` and ``/mcp/x`` but not ``/mcpx``; ``/`` covers every path. ``None``
-    when nothing is protected."""
-    roots = frozenset(p.rstrip("/") for p in paths)
-    if not roots:
+    """A test for ``MCP_AUTH_PROTECTED_PATHS`` that fails closed: each entry is a plain path prefix
+    (SPEC §2), so ``/mcp`` covers ``/mcp``, ``/mcp/x`` and also ``/mcpx``; an entry with a trailing
+    slash also covers the bare path (``/mcp/`` covers ``/mcp``), which a plain prefix would leave
+    open. ``/`` covers every path. ``None`` when nothing is protected."""
+    prefixes = tuple(sorted(set(paths)))
+    if not prefixes:
         return None
-    if "" in roots:
+    if "/" in prefixes:
         return lambda path: True
-    prefixes = tuple(sorted(root + "/" for root in roots))
-    return lambda path: path in roots or path.startswith(prefixes)
+    bare = frozenset(p.rstrip("/") for p in prefixes if p.endswith("/"))
+    return lambda path: path.startswith(prefixes) or path in bare
 
 
 def install(app: Flask, runtime: Runtime) -> None:

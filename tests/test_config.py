@@ -117,7 +117,7 @@ def test_valid_mode_a_config() -> None:
     docs = settings.backends["docs"]
     assert (docs.strategy, docs.client_secret, docs.subject_provider) == ("token_exchange", "sts-secret", None)
     assert settings.token_exchange_backends == (docs,)
-    assert settings.storage_prefix == f"mcp-auth:{{mcp.example.com:443:{_issuer_hash(ISSUER)}}}:"
+    assert settings.storage_prefix == "mcp-auth:{mcp.example.com}:"  # SPEC §2 default
     assert settings.resource_metadata_url == "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
 
 
@@ -200,7 +200,7 @@ def test_apply_defaults_makes_every_key_visible_without_overriding() -> None:
     # computed defaults are filled in where they follow from other keys
     assert app.config["MCP_AUTH_AUDIENCE"] == RESOURCE
     assert app.config["MCP_AUTH_ALLOWED_AUDIENCES"] == [RESOURCE]
-    assert app.config["MCP_AUTH_STORAGE_PREFIX"] == f"mcp-auth:{{mcp.example.com:443:{_issuer_hash(ISSUER)}}}:"
+    assert app.config["MCP_AUTH_STORAGE_PREFIX"] == "mcp-auth:{mcp.example.com}:"
     # mutable defaults are copies
     app.config["MCP_AUTH_SCOPES_SUPPORTED"].append("x")
     assert "x" not in DEFAULTS["MCP_AUTH_SCOPES_SUPPORTED"]
@@ -711,6 +711,7 @@ def test_st09_default_prefix_differs_for_two_issuers_on_one_host() -> None:
     assert prefixes["https://mcp.example.com/a"] == (
         f"mcp-auth:{{mcp.example.com:443:{_issuer_hash('https://mcp.example.com/a')}}}:")
     assert prefixes["http://127.0.0.1:5000"].startswith("mcp-auth:{127.0.0.1:5000:")
+    assert prefixes["https://mcp.example.com"] == "mcp-auth:{mcp.example.com}:"  # SPEC §2 default
 
 
 def test_st09_two_issuers_on_one_host_share_no_records_on_one_redis(redis_url: str) -> None:

@@ -284,3 +284,29 @@ def test_cli_check_reports_a_dribbling_issuer_jwks_as_failed(dribble: DribbleSer
     row = next(line for line in result.output.splitlines() if line.startswith("issuer jwks"))
     assert "FAIL" in row and "timeout" in row
     _assert_cut_short(dribble, "/jwks")
+
+
+def test_fetch_caps_worker_threads_left_by_dribbling_upstreams(monkeypatch: pytest.MonkeyPatch,
+                                                               http: requests.Session) -> None:
+    """Workers abandoned on a header-dribbling upstream hold a slot until they really end; past the cap,
+    new calls fail with ``timeout`` within their own deadline instead of starting more threads."""
+    import flask_mcp_auth._http as http_module
+
+    monkeypatch.setattr(http_module, "_in_flight", threading.BoundedSemaphore(2))
+    earlier = {t for t in threading.enumerate() if t.name == "flask_mcp_auth-http"}  # other tests' stragglers
+
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "flask_mcp_auth-http" and t not in earlier]
+
+    with DribbleServer(slow_headers=True, interval=0.2) as server:
+        for _ in range(2):  # two callers give up; their workers are still reading headers
+            with pytest.raises(HTTPFailure):
+                fetch(http, "GET", f"{server.url}/doc", verify=True, timeout=0.3, max_body=1024)
+        assert len(ours()) == 2
+        paths_before = len(server.paths)
+        for _ in range(3):
+            with pytest.raises(HTTPFailure) as info:
+                fetch(http, "GET", f"{server.url}/doc", verify=True, timeout=0.2, max_body=1024)
+            assert info.value.reason == "timeout"
+        assert len(server.paths) == paths_before  # no request was even sent: no slot, no thread
+        assert len(ours()) <= 2

@@ -673,7 +673,7 @@ def test_app_error_handlers_registered_first_are_kept() -> None:
     assert resp.get_data(as_text=True) == "custom"
 
 
-# --- protected paths match whole path segments ----------------------------------------------------------------
+# --- protected paths are prefixes that fail closed ---------------------------------------------------------------
 def _paths_app(protected: list[str]) -> Flask:
     app = make_app(MCP_AUTH_PROTECTED_PATHS=protected)
     for path in ("/api", "/api/", "/api/x", "/apix", "/"):
@@ -682,14 +682,16 @@ def _paths_app(protected: list[str]) -> Flask:
 
 
 @pytest.mark.parametrize("protected", [["/api"], ["/api/"]])
-def test_protected_paths_match_by_segment(protected: list[str]) -> None:
+def test_protected_paths_are_prefixes_and_cover_the_bare_path(protected: list[str]) -> None:
     client = _paths_app(protected).test_client()
     for path in ("/api", "/api/", "/api/x", "/api/x/y", "/api/unknown"):
         resp = client.post(path)
         assert resp.status_code == 401, path
         assert "error=" not in challenge(resp)
-    for path in ("/apix", "/", "/public"):
+    for path in ("/", "/public"):
         assert client.get(path).status_code == 200, path
+    # a plain prefix (SPEC §2) fails closed: "/api" also covers "/apix"; "/api/" does not
+    assert client.get("/apix").status_code == (401 if protected == ["/api"] else 200)
 
 
 def test_protected_root_covers_every_path_but_the_metadata() -> None:

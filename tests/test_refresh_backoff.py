@@ -153,6 +153,23 @@ def test_lapsed_or_malformed_marker_does_not_block_a_refresh(marker: dict[str, A
     assert store.get(FAILURE_KIND, "sid:corp") is None  # cleared by the success
 
 
+def test_marker_lasts_one_window_even_if_the_wall_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wall clock stepped backwards (NTP) must not stretch the in-process back-off beyond one window."""
+    store, vault = _vault()
+    vault.save("sid", OLD, 600)
+    client = CountingClient(NEW)
+    refresher = Refresher(store, vault, {"corp": client}, ttl=600)  # type: ignore[dict-item]
+    refresher._remember(("sid", "corp"), time.time() + refresher.failure_backoff, "token_timeout")
+    with pytest.raises(UpstreamUnavailable):
+        refresher.refresh("sid", OLD)
+    wall = time.time() - 3600.0  # the wall clock jumps an hour back …
+    refresher.clock = lambda: wall
+    later = time.monotonic() + refresher.failure_backoff + 1  # … while one window really passes
+    monkeypatch.setattr("flask_mcp_auth.upstream.refresh.time.monotonic", lambda: later)
+    assert refresher.refresh("sid", OLD).access_token == "new"
+    assert client.calls == 1
+
+
 def test_three_processes_on_redis_with_a_failing_idp_make_one_call(redis_url: str, idp: TokenEndpoint) -> None:
     idp.failure = "503"
     idp.delay = 1.0  # keeps the lock held while the others arrive and wait on it

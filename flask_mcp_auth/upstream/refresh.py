@@ -119,7 +119,9 @@ class Refresher:
         self.on_refreshed = on_refreshed
         self._guard = threading.Lock()
         self._flights: dict[tuple[str, str], _Flight] = {}
-        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # key -> (until, reason)
+        # key -> (until on ``clock``, reason, monotonic cap): the cap bounds a marker to one window even
+        # when the wall clock steps backwards (NTP), which would otherwise stretch ``until``
+        self._failures: dict[tuple[str, str], tuple[float, str, float]] = {}
 
     # ------------------------------------------------------------------------------------------
     def refresh(self, sid: str, token: UpstreamToken, subject: str | None = None) -> UpstreamToken:
@@ -128,7 +130,7 @@ class Refresher:
         key = (sid, token.provider)
         failed = self._failures.get(key)  # a plain dict read: the back-off path does no I/O at all
         if failed is not None:
-            if self.clock() < failed[0]:
+            if self.clock() < failed[0] and time.monotonic() < failed[2]:
                 raise UpstreamUnavailable(token.provider, failed[1])
             with self._guard:
                 if self._failures.get(key) is failed:
@@ -223,11 +225,11 @@ class Refresher:
         with self._guard:
             if len(self._failures) >= _MAX_FAILURES:
                 now = self.clock()
-                for stale in [k for k, (end, _) in self._failures.items() if end <= now]:
+                for stale in [k for k, (end, _, _) in self._failures.items() if end <= now]:
                     del self._failures[stale]
                 if len(self._failures) >= _MAX_FAILURES:
                     self._failures.clear()
-            self._failures[key] = (until, reason)
+            self._failures[key] = (until, reason, time.monotonic() + self.failure_backoff)
 
     def _mark_failed(self, sid: str, provider: str, reason: str) -> None:
         until = self.clock() + self.failure_backoff
