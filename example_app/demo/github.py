@@ -169,14 +169,17 @@ class GitHubLike:
                 self._tokens[token] = (record["user"], record["scope"])
             return self._answer({"access_token": token, "token_type": "bearer", "scope": record["scope"]})
 
+        def bad_credentials() -> Response:
+            response = jsonify(message="Bad credentials")
+            response.status_code = 401
+            return response
+
         @app.get("/user")
         def user() -> Response:
             self.counters.incr("api_calls")
             who = self._user_from_request()
             if who is None:
-                response = jsonify(message="Bad credentials")
-                response.status_code = 401
-                return response
+                return bad_credentials()
             return jsonify(id=who.github_id, login=who.github_login, name=who.name, email=None)
 
         @app.get("/user/repos")
@@ -184,9 +187,7 @@ class GitHubLike:
             self.counters.incr("api_calls")
             who = self._user_from_request()
             if who is None:
-                response = jsonify(message="Bad credentials")
-                response.status_code = 401
-                return response
+                return bad_credentials()
             return jsonify(self.repos_of(who))
 
         return app
